@@ -1,0 +1,1 @@
+"""The `gnes` command line."""

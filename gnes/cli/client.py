@@ -1,0 +1,73 @@
+"""`gnes client index|query|status`: talk to a running frontend."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..client import GnesClient, GnesError
+
+
+def read_documents(path: Path) -> Iterator[str]:
+    """One document per non-empty line of a file, or one per file in a folder."""
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            text = file.read_text(encoding="utf-8", errors="replace").strip()
+            if text:
+                yield text
+        return
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                yield line.strip()
+
+
+def run(args) -> int:  # type: ignore[no-untyped-def]
+    with GnesClient(args.grpc_host, args.grpc_port, timeout=args.timeout) as client:
+        try:
+            client.wait_ready(timeout=min(args.timeout, 30.0))
+        except Exception:
+            print(f"no gnes frontend answers at {client.address}", file=sys.stderr)
+            return 2
+        if args.client_command == "index":
+            return _index(client, Path(args.path), args.batch_size, args.start_id)
+        if args.client_command == "query":
+            return _query(client, args.text, args.top_k)
+        print(json.dumps(client.status(), indent=2))
+        return 0
+
+
+def _index(client: GnesClient, path: Path, batch_size: int, start_id: int) -> int:
+    from tqdm import tqdm
+
+    if not path.exists():
+        print(f"{path}: no such file or folder", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    with tqdm(unit="doc", desc="indexing", file=sys.stderr) as bar:
+        summary = client.index(read_documents(path), batch_size=batch_size, start_id=start_id, on_batch=bar.update)
+    elapsed = time.perf_counter() - started
+    rate = summary.num_docs / elapsed if elapsed > 0 else 0.0
+    print(f"indexed {summary.num_docs} documents in {summary.requests} requests, {elapsed:.1f}s ({rate:.0f} docs/s)")
+    for error in summary.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if summary.errors else 0
+
+
+def _query(client: GnesClient, texts: list[str], top_k: int) -> int:
+    status = 0
+    for text in texts:
+        print(f"query: {text}")
+        try:
+            hits = client.query(text, top_k=top_k)
+        except GnesError as exc:
+            print(f"  error: {exc}")
+            status = 1
+            continue
+        for rank, hit in enumerate(hits, 1):
+            snippet = hit.text if len(hit.text) <= 100 else hit.text[:97] + "..."
+            print(f"  {rank:2d}. {hit.score:7.4f}  [{hit.doc_id}] {snippet}")
+    return status

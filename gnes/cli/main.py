@@ -1,0 +1,50 @@
+"""`gnes COMMAND ...`: start a service, run a client, or start a whole stack."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .parser import build_parser
+
+
+def _serve(args) -> int:  # type: ignore[no-untyped-def]
+    from ..service.config import ServiceConfig
+
+    config = ServiceConfig.from_args(args)
+    if args.command == "proxy":
+        from ..service.proxy import PROXY_TYPES
+
+        service = PROXY_TYPES[args.proxy_type](config)
+    elif args.command == "encode":
+        from ..service.encoder import EncoderService
+
+        service = EncoderService(config)
+    elif args.command == "index":
+        from ..service.indexer import IndexerService
+
+        service = IndexerService(config)
+    else:
+        from ..service.frontend import FrontendService
+
+        service = FrontendService(config)
+    return service.run_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command in ("proxy", "encode", "index", "frontend"):
+        return _serve(args)
+    if args.command == "client":
+        from .client import run as run_client
+
+        return run_client(args)
+    if args.command == "healthcheck":
+        from .healthcheck import run as run_healthcheck
+
+        return run_healthcheck(args)
+    from ..stack.cli import run as run_stack
+
+    return run_stack(args)

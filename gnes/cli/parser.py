@@ -1,0 +1,104 @@
+"""Every `gnes` subcommand and flag. The stack file of the original GNES is accepted as written."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..service.proxy import PROXY_TYPES
+from ..service.sockets import SocketType
+
+_SOCKETS = list(SocketType.__members__)
+
+
+def _service_flags(p: argparse.ArgumentParser, socket_in: str, socket_out: str) -> None:
+    g = p.add_argument_group("sockets")
+    g.add_argument("--port_in", type=int, default=0, help="port of the input socket")
+    g.add_argument("--port_out", type=int, default=0, help="port of the output socket")
+    g.add_argument("--host_in", default="127.0.0.1", help="host the input socket connects to (CONNECT types)")
+    g.add_argument("--host_out", default="127.0.0.1", help="host the output socket connects to (CONNECT types)")
+    g.add_argument("--socket_in", default=socket_in, choices=_SOCKETS, type=str.upper, help="input socket type")
+    g.add_argument("--socket_out", default=socket_out, choices=_SOCKETS, type=str.upper, help="output socket type")
+    g.add_argument("--port_ctrl", type=int, default=0, help="control port answering STATUS/TERMINATE (0: any free)")
+    g.add_argument("--host_ctrl", default="127.0.0.1", help="address the control socket binds (0.0.0.0 in containers)")
+    g.add_argument("--hwm", type=int, default=1000, help="high-water mark: messages queued per socket before waiting")
+    s = p.add_argument_group("service")
+    s.add_argument("--name", default="", help="service name shown in logs and routes")
+    s.add_argument(
+        "--mode",
+        default="ANY",
+        type=str.upper,
+        choices=["ANY", "INDEX", "QUERY", "TRAIN"],
+        help="request kind this service takes; others are answered with an error (default: all)",
+    )
+    s.add_argument("--yaml_path", default="", help="YAML file of the component (a !ClassName tag)")
+    s.add_argument(
+        "--dump_path",
+        default="",
+        help="directory where the service keeps its state (indexer data); encoders keep none and ignore it",
+    )
+    s.add_argument("--verbose", action="store_true", help="log every request")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gnes", description="gnes: Generic Neural Elastic Search")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("proxy", help="start a proxy (forward, map, shard fan-out or reduce)")
+    _service_flags(p, "PULL_BIND", "PUSH_BIND")
+    p.add_argument("--proxy_type", default="ProxyService", choices=sorted(PROXY_TYPES), help="what the proxy does")
+    p.add_argument("--batch_size", type=int, default=0, help="MapProxyService: documents per batch (0: no split)")
+    p.add_argument(
+        "--unk_msg_route",
+        default="DEFAULT",
+        type=str.upper,
+        choices=["DEFAULT", "ERROR", "DROP"],
+        help="a message this proxy has no rule for: pass on (DEFAULT), answer with an error, or drop",
+    )
+    p.add_argument("--port_broadcast", type=int, default=0, help="ShardProxyService: port of the shards' query socket")
+    p.add_argument("--host_broadcast", default="127.0.0.1", help="ShardProxyService: address that socket binds (0.0.0.0 in containers)")
+    p.add_argument("--reduce_timeout", type=float, default=10.0, help="seconds a query waits for all its shards")
+    p.add_argument("--index_timeout", type=float, default=600.0, help="seconds an index request waits for all parts")
+    p.add_argument("--max_pending", type=int, default=10000, help="requests the reducer holds at most")
+
+    p = sub.add_parser("encode", help="start an encoder")
+    _service_flags(p, "PULL_CONNECT", "PUSH_CONNECT")
+
+    p = sub.add_parser("index", help="start an indexer shard")
+    _service_flags(p, "PULL_CONNECT", "PUSH_CONNECT")
+    p.add_argument("--host_broadcast", default="127.0.0.1", help="host of the middleman's query broadcast socket")
+    p.add_argument("--port_broadcast", type=int, default=0, help="port of the middleman's query broadcast socket")
+    p.add_argument("--save_interval", type=float, default=0.0, help="seconds between periodic saves (0: on stop)")
+
+    p = sub.add_parser("frontend", help="start the gRPC frontend")
+    _service_flags(p, "SUB_CONNECT", "PUSH_CONNECT")
+    p.add_argument("--grpc_host", default="127.0.0.1", help="address the gRPC server binds")
+    p.add_argument("--grpc_port", type=int, default=8800, help="gRPC port")
+    p.add_argument("--reduce_timeout", type=float, default=10.0, help="seconds a query waits for its answer")
+    p.add_argument("--index_timeout", type=float, default=600.0, help="seconds an index request waits")
+    p.add_argument("--max_pending", type=int, default=10000, help="requests in flight at most")
+    p.add_argument("--max_doc_bytes", type=int, default=1 << 20, help="largest document accepted, in bytes")
+    p.add_argument("--max_docs_per_request", type=int, default=10000, help="most documents in one request")
+
+    p = sub.add_parser("client", help="index files or search through a running frontend")
+    p.add_argument("--grpc_host", default="127.0.0.1")
+    p.add_argument("--grpc_port", type=int, default=8800)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
+    csub = p.add_subparsers(dest="client_command", required=True, metavar="ACTION")
+    c = csub.add_parser("index", help="index FILE (one document per line) or every file in a folder")
+    c.add_argument("path", help="a text file or a folder of text files")
+    c.add_argument("--batch_size", type=int, default=100, help="documents per request")
+    c.add_argument("--start_id", type=int, default=0, help="doc_id of the first document")
+    c = csub.add_parser("query", help="search and print ranked documents with scores")
+    c.add_argument("text", nargs="+", help="query text (several arguments: several queries)")
+    c.add_argument("--top_k", type=int, default=10)
+    c = csub.add_parser("status", help="print the frontend's status")
+
+    p = sub.add_parser("healthcheck", help="exit 0 if a service answers READY on its control port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True, help="the service's --port_ctrl")
+    p.add_argument("--timeout", type=float, default=3.0)
+
+    from ..stack.cli import add_parser as add_stack_parser
+
+    add_stack_parser(sub)
+    return parser

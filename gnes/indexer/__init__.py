@@ -1,0 +1,1 @@
+"""Indexers store vectors with their documents and answer top-k queries; see `base.BaseIndexer`."""

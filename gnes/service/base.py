@@ -1,0 +1,265 @@
+"""The one service runtime: an input socket, an output socket, a control socket, one loop.
+
+Sockets are created, used and closed by the loop thread alone. A request that fails is
+answered with an ERROR response sent downstream, so the caller learns why; a frame that
+cannot even be parsed has no caller to answer and is logged and dropped. Either way the
+service keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+
+import zmq
+
+from ..proto import WireError, pb
+from .config import ServiceConfig
+from .message import BodyType, Packet, as_error, recv_packet, send_packet, stamp_route
+from .sockets import open_socket
+
+# Messages taken from the input per poll: amortises the poll call under load.
+_DRAIN = 256
+_MODE_BODY = {"INDEX": BodyType.INDEX, "QUERY": BodyType.QUERY, "TRAIN": BodyType.TRAIN}
+
+
+class BaseService:
+    """Subclasses fill in `handle`; optional hooks: setup, teardown, extra sockets, timers."""
+
+    kind = "service"
+    # Encoders and indexers honour --mode; proxies route whatever comes.
+    checks_mode = False
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.name = config.name or self.kind
+        self.identity = f"{self.name}@{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.log = logging.getLogger(f"gnes.{self.name}")
+        self.ctrl_port = 0
+        self.handled = 0
+        self.errors = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._poller = zmq.Poller()
+        self._extra: dict[zmq.Socket, object] = {}
+        self.out_sock: zmq.Socket | None = None
+        self._out_has_topic = False
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def start(self, timeout: float = 120.0) -> BaseService:
+        """Run the loop in a thread; return once it serves (or raise why it could not)."""
+        self._thread = threading.Thread(target=self._run_guarded, name=self.identity, daemon=True)
+        self._thread.start()
+        while not self._ready.wait(0.05):
+            if self._failure is not None or not self._thread.is_alive():
+                break
+            timeout -= 0.05
+            if timeout <= 0:
+                self.stop()
+                raise TimeoutError(f"{self.name} did not become ready")
+        if self._failure is not None:
+            raise RuntimeError(f"{self.name} failed to start: {self._failure}") from self._failure
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    close = stop
+
+    def __enter__(self) -> BaseService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_forever(self) -> int:
+        """Serve in this (main) thread until SIGTERM/SIGINT or a TERMINATE control request."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self._run_guarded()
+        return 1 if self._failure is not None else 0
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set() and not self._stop.is_set()
+
+    # ---- hooks -----------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load components. Runs in the loop thread before any socket opens."""
+
+    def open_extra_sockets(self, ctx: zmq.Context) -> None:
+        """Open further sockets with `self.watch(sock, handler)`."""
+
+    def teardown(self) -> None:
+        """Flush state. Runs in the loop thread after the loop ends, even after a failure."""
+
+    def handle(self, packet: Packet) -> None:
+        raise NotImplementedError
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which `on_timer` must run next, if any."""
+        return None
+
+    def on_timer(self, now: float) -> None:
+        pass
+
+    def status_info(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "identity": self.identity,
+            "ctrl_port": self.ctrl_port,
+            "handled": self.handled,
+            "errors": self.errors,
+        }
+
+    # ---- helpers for subclasses ------------------------------------------------------
+    def watch(self, sock: zmq.Socket, handler: object) -> None:
+        self._extra[sock] = handler
+        self._poller.register(sock, zmq.POLLIN)
+
+    def send_out(self, packet: Packet, topic: bytes | None = None) -> None:
+        stamp_route(packet, self.name, self.identity)
+        if self._out_has_topic and topic is None:
+            topic = packet.envelope.client_id.encode()
+        self.send_blocking(self.out_sock, packet, topic)
+
+    def send_blocking(self, sock: zmq.Socket, packet: Packet, topic: bytes | None = None) -> None:
+        """Send, waiting while the peer is full or absent: that wait is the backpressure
+        that keeps queues bounded. A stop request ends the wait, and that loss is logged."""
+        while True:
+            try:
+                send_packet(sock, packet, topic)
+                return
+            except zmq.Again:
+                if self._stop.is_set():
+                    self.log.error("stopping: request %d could not be passed on", packet.envelope.request_id)
+                    return
+
+    def fail(self, packet: Packet, reason: str) -> None:
+        """Answer the packet's caller with an ERROR response, sent downstream."""
+        self.errors += 1
+        self.send_out(as_error(packet, reason))
+
+    # ---- the loop --------------------------------------------------------------------
+    def _run_guarded(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # recorded for start()/run_forever, and logged, never hidden
+            self._failure = exc
+            self.log.exception("%s stopped on an error", self.name)
+
+    def _loop(self) -> None:
+        ctx = zmq.Context()
+        socks: list[zmq.Socket] = []
+        try:
+            self.setup()
+            cfg = self.config
+            in_spec, out_spec = cfg.in_spec, cfg.out_spec
+            in_sock = open_socket(ctx, in_spec, hwm=cfg.hwm)
+            socks.append(in_sock)
+            self.out_sock = open_socket(ctx, out_spec, hwm=cfg.hwm)
+            self.out_sock.setsockopt(zmq.SNDTIMEO, 500)
+            socks.append(self.out_sock)
+            self._out_has_topic = out_spec.type.zmq_type == zmq.PUB
+            in_has_topic = in_spec.type.zmq_type == zmq.SUB
+            ctrl = ctx.socket(zmq.REP)
+            socks.append(ctrl)
+            ctrl.setsockopt(zmq.LINGER, 0)
+            host = "*" if cfg.host_ctrl in ("0.0.0.0", "*") else cfg.host_ctrl
+            if cfg.port_ctrl:
+                ctrl.bind(f"tcp://{host}:{cfg.port_ctrl}")
+                self.ctrl_port = cfg.port_ctrl
+            else:
+                self.ctrl_port = ctrl.bind_to_random_port(f"tcp://{host}")
+            self.open_extra_sockets(ctx)
+            socks.extend(self._extra)
+            self._poller.register(in_sock, zmq.POLLIN)
+            self._poller.register(ctrl, zmq.POLLIN)
+            self._ready.set()
+            self.log.info("%s ready: in %s, out %s, ctrl port %d", self.name, in_spec.address, out_spec.address,
+                          self.ctrl_port)
+            while not self._stop.is_set():
+                events = dict(self._poller.poll(self._poll_timeout_ms()))
+                if in_sock in events:
+                    self._drain(in_sock, in_has_topic)
+                if ctrl in events:
+                    self._on_control(ctrl)
+                for sock, handler in self._extra.items():
+                    if sock in events:
+                        handler(sock)
+                if self.next_deadline() is not None:
+                    self.on_timer(time.monotonic())
+        finally:
+            try:
+                self.teardown()
+            finally:
+                for sock in socks:
+                    sock.close()
+                ctx.term()
+                self.log.info("%s stopped", self.name)
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = self.next_deadline()
+        wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - time.monotonic()))
+        return max(0, int(wait * 1000))
+
+    def _drain(self, sock: zmq.Socket, has_topic: bool) -> None:
+        for _ in range(_DRAIN):
+            try:
+                packet = recv_packet(sock, has_topic, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except WireError as exc:
+                self.errors += 1
+                self.log.warning("dropped a malformed message (no caller to answer): %s", exc)
+                continue
+            self._dispatch(packet)
+
+    def _dispatch(self, packet: Packet) -> None:
+        self.handled += 1
+        env = packet.envelope
+        if self.checks_mode and not env.is_response and self.config.mode in _MODE_BODY:
+            allowed = (_MODE_BODY[self.config.mode], BodyType.CONTROL, BodyType.ADMIN)
+            if env.body_type not in allowed:
+                kind = BodyType.Name(env.body_type)
+                self.fail(packet, f"{self.name} runs in {self.config.mode} mode and does not take {kind} requests")
+                return
+        try:
+            self.handle(packet)
+        except (WireError, ValueError) as exc:
+            self.log.info("request %d rejected: %s", env.request_id, exc)
+            self.fail(packet, f"{self.name}: {exc}")
+        except Exception as exc:
+            self.log.exception("request %d failed", env.request_id)
+            self.fail(packet, f"{self.name}: internal error: {type(exc).__name__}: {exc}")
+
+    def _on_control(self, ctrl: zmq.Socket) -> None:
+        raw = ctrl.recv()
+        response = pb.Response()
+        try:
+            request = pb.Request.FromString(raw)
+            if request.WhichOneof("body") != "control":
+                raise WireError("the control socket takes control requests only")
+        except Exception as exc:  # answered: a REP socket must always reply
+            response.control.status = pb.Response.ERROR
+            response.error = f"bad control request: {exc}"
+            ctrl.send(response.SerializeToString())
+            return
+        response.request_id = request.request_id
+        if request.control.command == pb.Request.ControlRequest.TERMINATE:
+            response.control.status = pb.Response.SUCCESS
+            self._stop.set()
+        else:
+            response.control.status = pb.Response.READY
+        response.control.info_json = json.dumps(self.status_info())
+        ctrl.send(response.SerializeToString())

@@ -1,0 +1,67 @@
+"""The encoder service: adds a vector to every document and query that passes through."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import load_component
+from ..encoder.base import BaseEncoder
+from ..proto import WireError, array_to_nd, doc_text, pb
+from .base import BaseService
+from .message import BodyType, Packet
+
+
+class EncoderService(BaseService):
+    kind = "encoder"
+    checks_mode = True
+
+    def __init__(self, config, encoder: BaseEncoder | None = None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(config)
+        self.encoder = encoder
+
+    def setup(self) -> None:
+        if self.encoder is None:
+            if not self.config.yaml_path:
+                raise ValueError("the encoder needs --yaml_path, e.g. yaml/encoder-minilm.yml")
+            self.encoder = load_component(self.config.yaml_path, BaseEncoder)
+        self.encoder.start()
+        self.log.info("encoder %s ready, %d dimensions", type(self.encoder).__name__, self.encoder.dim)
+
+    def teardown(self) -> None:
+        if self.encoder is not None:
+            self.encoder.close()
+
+    def status_info(self) -> dict[str, object]:
+        return {**super().status_info(), "dim": self.encoder.dim if self.encoder else None}
+
+    def handle(self, packet: Packet) -> None:
+        env = packet.envelope
+        if env.is_response or env.body_type not in (BodyType.INDEX, BodyType.TRAIN, BodyType.QUERY):
+            self.send_out(packet)
+            return
+        request = packet.request()
+        kind = request.WhichOneof("body")
+        if kind == "search":
+            self._encode_query(request.search)
+        else:
+            self._encode_docs(getattr(request, kind))
+        packet.body = request.SerializeToString()
+        self.send_out(packet)
+
+    def _encode_docs(self, body: pb.Request.IndexRequest | pb.Request.TrainRequest) -> None:
+        if body.HasField("embeddings"):  # vectors given by the caller (bulk load): nothing to encode
+            return
+        texts = [doc_text(d) for d in body.docs]
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise WireError(f"document {i} (doc_id {body.docs[i].doc_id}) has no text to encode")
+        vectors = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
+        array_to_nd(vectors, body.embeddings)
+
+    def _encode_query(self, search: pb.Request.QueryRequest) -> None:
+        if search.HasField("embedding"):
+            return
+        text = doc_text(search.query)
+        if not text.strip():
+            raise WireError("the query has no text to encode")
+        array_to_nd(self.encoder.encode([text]), search.embedding)

@@ -1,0 +1,126 @@
+"""How a message travels between services: an envelope frame and a body frame.
+
+The envelope (routing, parts, timestamps) is small and is all a proxy parses; the body (a
+serialized Request or Response) is passed through untouched unless a service must read it.
+On a PUB socket a topic frame comes first; a SUB socket strips it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import zmq
+from google.protobuf.message import DecodeError
+
+from ..proto import WireError, pb
+
+BodyType = pb.Envelope.BodyType
+
+_BODY_OF_REQUEST = {
+    "train": BodyType.TRAIN,
+    "index": BodyType.INDEX,
+    "search": BodyType.QUERY,
+    "control": BodyType.CONTROL,
+    "admin": BodyType.ADMIN,
+}
+
+
+def body_type_of(request: pb.Request) -> int:
+    kind = request.WhichOneof("body")
+    if kind is None:
+        raise WireError("the request has no body: set one of train, index, search, control, admin")
+    return _BODY_OF_REQUEST[kind]
+
+
+@dataclass(slots=True)
+class Packet:
+    envelope: pb.Envelope
+    body: bytes
+    received_ns: int = 0
+
+    def request(self) -> pb.Request:
+        if self.envelope.is_response:
+            raise WireError("expected a request, got a response")
+        try:
+            return pb.Request.FromString(self.body)
+        except DecodeError as exc:
+            raise WireError(f"the request body is not a valid gnes Request: {exc}") from exc
+
+    def response(self) -> pb.Response:
+        if not self.envelope.is_response:
+            raise WireError("expected a response, got a request")
+        try:
+            return pb.Response.FromString(self.body)
+        except DecodeError as exc:
+            raise WireError(f"the response body is not a valid gnes Response: {exc}") from exc
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.envelope.client_id, self.envelope.request_id
+
+
+def parse_frames(frames: list[bytes]) -> Packet:
+    if len(frames) != 2:
+        raise WireError(f"expected 2 frames (envelope, body), got {len(frames)}")
+    envelope = pb.Envelope()
+    try:
+        envelope.ParseFromString(frames[0])
+    except DecodeError as exc:
+        raise WireError(f"the envelope frame is not a valid gnes Envelope: {exc}") from exc
+    if envelope.body_type == BodyType.UNSET:
+        raise WireError("the envelope does not say what the body is (body_type is unset)")
+    return Packet(envelope, frames[1], time.time_ns())
+
+
+def recv_packet(sock: zmq.Socket, has_topic: bool, flags: int = 0) -> Packet:
+    frames = sock.recv_multipart(flags)
+    if has_topic:
+        frames = frames[1:]
+    return parse_frames(frames)
+
+
+def stamp_route(packet: Packet, service: str, identity: str) -> None:
+    """Record this hop: which service handled the message, from its arrival to now."""
+    route = packet.envelope.routes.add()
+    route.service = service
+    route.service_identity = identity
+    route.start_time.FromNanoseconds(packet.received_ns or time.time_ns())
+    route.end_time.FromNanoseconds(time.time_ns())
+
+
+def send_packet(sock: zmq.Socket, packet: Packet, topic: bytes | None = None) -> None:
+    frames = [packet.envelope.SerializeToString(), packet.body]
+    if topic is not None:
+        frames.insert(0, topic)
+    sock.send_multipart(frames)
+
+
+def error_response(request_id: int, body_type: int, reason: str) -> pb.Response:
+    """A Response of the request's own kind with status ERROR, so every client sees the failure."""
+    response = pb.Response(request_id=request_id, error=reason)
+    status = pb.Response.ERROR
+    if body_type == BodyType.INDEX:
+        response.index.status = status
+    elif body_type == BodyType.QUERY:
+        response.search.status = status
+    elif body_type == BodyType.TRAIN:
+        response.train.status = status
+    elif body_type == BodyType.ADMIN:
+        response.admin.status = status
+    else:
+        response.control.status = status
+    return response
+
+
+def as_error(packet: Packet, reason: str) -> Packet:
+    """Turn a packet into the ERROR response for its request; routing fields are kept."""
+    request_id = packet.envelope.request_id
+    packet.envelope.is_response = True
+    packet.body = error_response(request_id, packet.envelope.body_type, reason).SerializeToString()
+    return packet
+
+
+def response_status(response: pb.Response) -> int:
+    kind = response.WhichOneof("body")
+    return getattr(response, kind).status if kind else pb.Response.ERROR

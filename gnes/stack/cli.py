@@ -1,0 +1,141 @@
+"""``gnes stack``: start the services of a stack file as local processes, or print their command lines."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import gnes
+from gnes.stack.compose import expand_stack
+from gnes.stack.interpolate import StackError
+from gnes.stack.local import LocalStack, StackStartError
+
+__all__ = ["DEFAULT_COMPOSE_FILE", "add_arguments", "add_parser", "main", "parse_env", "run"]
+
+DEFAULT_COMPOSE_FILE = Path("compose") / "gnes-swarm.yml"
+
+_DESCRIPTION = """\
+Run the services of a Docker Swarm stack file as processes on this machine: replicas become separate
+processes, service names resolve to 127.0.0.1, configs are read from their files and volumes become
+directories under the work dir. Waits until Ctrl-C (or until a process dies) and then stops everything."""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``stack`` subcommand to the main CLI's ``add_subparsers()`` object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "stack", help="run a stack file as local processes", description=_DESCRIPTION
+    )
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f",
+        "--file",
+        type=Path,
+        default=None,
+        help=f"stack file (default: ./{DEFAULT_COMPOSE_FILE}, else the one next to the gnes package)",
+    )
+    parser.add_argument(
+        "--env",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a variable of the stack file; wins over the environment (repeatable)",
+    )
+    parser.add_argument("--workdir", type=Path, default=Path(".gnes-local"), help="volumes and logs go here")
+    parser.add_argument("--quiet", action="store_true", help="write process output to <workdir>/logs, not stdout")
+    parser.add_argument(
+        "--print", dest="print_only", action="store_true", help="print the process command lines and exit"
+    )
+    parser.add_argument("--stack_name", default="gnes", help="the stack name swarm templates see (default: gnes)")
+    parser.add_argument("--start_timeout", type=float, default=120.0, help="seconds for the whole stack to be ready")
+    parser.add_argument("--stop_grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` -> dict; a pair without ``=`` is an error."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise StackError(f"--env expects KEY=VALUE, got {pair!r}")
+        result[key] = value
+    return result
+
+
+def _compose_file(given: Path | None) -> Path:
+    if given is not None:
+        return given
+    # Next to the package covers running from a checkout while in another directory.
+    candidates = [DEFAULT_COMPOSE_FILE, Path(gnes.__file__).resolve().parent.parent / DEFAULT_COMPOSE_FILE]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise StackError(f"no stack file given and none found at {', '.join(map(str, candidates))}; use -f FILE")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``gnes stack`` with parsed arguments; returns the process exit code."""
+    try:
+        specs = expand_stack(
+            _compose_file(args.file), workdir=args.workdir, overrides=parse_env(args.env), stack_name=args.stack_name
+        )
+    except StackError as exc:
+        print(f"gnes stack: {exc}", file=sys.stderr)
+        return 2
+    if args.print_only:
+        for spec in specs:
+            print(f"{spec.name} | {spec.command_line()}")
+        return 0
+
+    stack = LocalStack(
+        specs, workdir=args.workdir, quiet=args.quiet, start_timeout=args.start_timeout, stop_grace=args.stop_grace
+    )
+    restore = _sigterm_as_interrupt()
+    try:
+        with stack:
+            for service, endpoint in stack.endpoints().items():
+                print(f"gnes stack | ready: {service} serves gRPC at {endpoint}", flush=True)
+            if args.quiet:
+                print(f"gnes stack | logs in {args.workdir / 'logs'}", flush=True)
+            print("gnes stack | press Ctrl-C to stop", flush=True)
+            return stack.wait()
+    except StackStartError as exc:
+        print(f"gnes stack: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # during start(), which has already stopped what it started
+        return 130
+    finally:
+        restore()
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM stop the stack like Ctrl-C does (the default handler would orphan the processes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (``python -m gnes.stack.cli``), same as ``gnes stack``."""
+    parser = argparse.ArgumentParser(prog="gnes stack", description=_DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Sets up gnes on a fresh machine: a virtualenv in .venv with gnes and everything it uses,
+# and .venv-gnes047 holding the original GNES 0.0.47 client (for the wire-compatibility test).
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch is pinned exactly: this machine serves these wheels from local disk.
+python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.14.1 torchvision==0.29.1
+python -m pip install -q -e '.[all,test]'
+
+# GNES 0.0.47 needs Cython < 3 to build and protobuf < 3.21 to run; it lives in its own venv.
+if [ ! -x .venv-gnes047/bin/gnes ]; then
+  "$PY" -m venv .venv-gnes047
+  constraint=$(mktemp)
+  echo 'cython<3' > "$constraint"
+  PIP_CONSTRAINT="$constraint" .venv-gnes047/bin/python -m pip install -q gnes==0.0.47
+  .venv-gnes047/bin/python -m pip install -q 'protobuf<3.21'
+  rm -f "$constraint"
+fi
+echo "gnes is set up: . .venv/bin/activate"

