@@ -16,7 +16,7 @@ from gnes.encoder.base import BaseEncoder
 from gnes.indexer.base import BaseIndexer
 from gnes.proto import array_to_nd, pb
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 TEXTS = [f"document number {i} about topic {i % 7} and colour {i % 5}" for i in range(200)]
 
