@@ -2,6 +2,6 @@
 # The one check script, run the same way locally and in CI: lint, format, then the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ruff check gnes tests bench
-ruff format --check gnes tests bench
+ruff check gnes tests bench scripts
+ruff format --check gnes tests bench scripts
 python -m pytest -q "$@"

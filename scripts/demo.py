@@ -31,8 +31,9 @@ def main() -> int:
     docs = [line.strip() for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     overrides = {"INDEXER_REPLICAS": str(args.shards), "GRPC_PORT": str(args.grpc_port)}
     print(f"starting gnes: {args.shards} shards, the all-MiniLM-L6-v2 encoder (logs in .gnes-local/logs)")
-    stack = LocalStack.from_file(REPO / "compose/gnes-swarm.yml", workdir=REPO / ".gnes-local/demo",
-                                 overrides=overrides, quiet=True)
+    stack = LocalStack.from_file(
+        REPO / "compose/gnes-swarm.yml", workdir=REPO / ".gnes-local/demo", overrides=overrides, quiet=True
+    )
     with stack, GnesClient(port=args.grpc_port, timeout=600) as client:
         started = time.perf_counter()
         summary = client.index(docs, batch_size=50)

@@ -52,37 +52,100 @@ def start_inprocess_pipeline(
     batch_size: int = 0,
     reduce_timeout: float = 10.0,
 ) -> InProcessPipeline:
+    from gnes.client import GnesClient
     from gnes.service.config import ServiceConfig
     from gnes.service.encoder import EncoderService
     from gnes.service.frontend import FrontendService
     from gnes.service.indexer import IndexerService
     from gnes.service.proxy import MapProxyService, ReduceProxyService, ShardProxyService
-    from gnes.client import GnesClient
 
     names = ["income_in", "income_out", "middle_in", "middle_out", "broadcast", "out_in", "out_out", "grpc"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     pipe = InProcessPipeline(ports["grpc"], ports)
     cfg = ServiceConfig
     specs = [
-        ("income", MapProxyService, cfg(name="income", port_in=ports["income_in"], port_out=ports["income_out"],
-                                        socket_in="PULL_BIND", socket_out="PUSH_BIND", batch_size=batch_size)),
-        ("middle", ShardProxyService, cfg(name="middle", port_in=ports["middle_in"], port_out=ports["middle_out"],
-                                          socket_in="PULL_BIND", socket_out="PUSH_BIND",
-                                          port_broadcast=ports["broadcast"])),
-        ("outgoing", ReduceProxyService, cfg(name="outgoing", port_in=ports["out_in"], port_out=ports["out_out"],
-                                             socket_in="PULL_BIND", socket_out="PUB_BIND",
-                                             reduce_timeout=reduce_timeout)),
-        ("encoder", EncoderService, cfg(name="encoder", port_in=ports["income_out"], port_out=ports["middle_in"],
-                                        socket_in="PULL_CONNECT", socket_out="PUSH_CONNECT", yaml_path=encoder_yaml)),
+        (
+            "income",
+            MapProxyService,
+            cfg(
+                name="income",
+                port_in=ports["income_in"],
+                port_out=ports["income_out"],
+                socket_in="PULL_BIND",
+                socket_out="PUSH_BIND",
+                batch_size=batch_size,
+            ),
+        ),
+        (
+            "middle",
+            ShardProxyService,
+            cfg(
+                name="middle",
+                port_in=ports["middle_in"],
+                port_out=ports["middle_out"],
+                socket_in="PULL_BIND",
+                socket_out="PUSH_BIND",
+                port_broadcast=ports["broadcast"],
+            ),
+        ),
+        (
+            "outgoing",
+            ReduceProxyService,
+            cfg(
+                name="outgoing",
+                port_in=ports["out_in"],
+                port_out=ports["out_out"],
+                socket_in="PULL_BIND",
+                socket_out="PUB_BIND",
+                reduce_timeout=reduce_timeout,
+            ),
+        ),
+        (
+            "encoder",
+            EncoderService,
+            cfg(
+                name="encoder",
+                port_in=ports["income_out"],
+                port_out=ports["middle_in"],
+                socket_in="PULL_CONNECT",
+                socket_out="PUSH_CONNECT",
+                yaml_path=encoder_yaml,
+            ),
+        ),
     ]
     for i in range(shards):
         dump = str(data_dir / f"shard{i}") if data_dir is not None else ""
-        specs.append((f"indexer{i}", IndexerService, cfg(
-            name=f"indexer{i}", port_in=ports["middle_out"], port_out=ports["out_in"], socket_in="PULL_CONNECT",
-            socket_out="PUSH_CONNECT", port_broadcast=ports["broadcast"], yaml_path=indexer_yaml, dump_path=dump)))
-    specs.append(("frontend", FrontendService, cfg(
-        name="frontend", port_in=ports["out_out"], port_out=ports["income_in"], socket_in="SUB_CONNECT",
-        socket_out="PUSH_CONNECT", grpc_port=ports["grpc"], reduce_timeout=reduce_timeout)))
+        specs.append(
+            (
+                f"indexer{i}",
+                IndexerService,
+                cfg(
+                    name=f"indexer{i}",
+                    port_in=ports["middle_out"],
+                    port_out=ports["out_in"],
+                    socket_in="PULL_CONNECT",
+                    socket_out="PUSH_CONNECT",
+                    port_broadcast=ports["broadcast"],
+                    yaml_path=indexer_yaml,
+                    dump_path=dump,
+                ),
+            )
+        )
+    specs.append(
+        (
+            "frontend",
+            FrontendService,
+            cfg(
+                name="frontend",
+                port_in=ports["out_out"],
+                port_out=ports["income_in"],
+                socket_in="SUB_CONNECT",
+                socket_out="PUSH_CONNECT",
+                grpc_port=ports["grpc"],
+                reduce_timeout=reduce_timeout,
+            ),
+        )
+    )
     try:
         for name, kind, config in specs:
             pipe.services[name] = pipe.stack.enter_context(kind(config))
@@ -109,7 +172,10 @@ def wait_for_shards(middleman, shards: int, timeout: float = 10.0) -> None:  # t
 def hash_pipeline(tmp_path: Path) -> Iterator[InProcessPipeline]:
     """Three shards with the hash encoder and exact inner-product search, data in tmp_path."""
     pipe = start_inprocess_pipeline(
-        str(REPO / "yaml/encoder-hash.yml"), str(REPO / "yaml/indexer-hash.yml"), shards=3, data_dir=tmp_path,
+        str(REPO / "yaml/encoder-hash.yml"),
+        str(REPO / "yaml/indexer-hash.yml"),
+        shards=3,
+        data_dir=tmp_path,
         batch_size=16,
     )
     try:

@@ -19,9 +19,7 @@ def query_status(host: str, port: int, timeout: float = 3.0, terminate: bool = F
     try:
         sock.connect(f"tcp://{host}:{port}")
         request = pb.Request()
-        request.control.command = (
-            pb.Request.ControlRequest.TERMINATE if terminate else pb.Request.ControlRequest.STATUS
-        )
+        request.control.command = pb.Request.ControlRequest.TERMINATE if terminate else pb.Request.ControlRequest.STATUS
         sock.send(request.SerializeToString())
         return pb.Response.FromString(sock.recv())
     except zmq.Again:

@@ -55,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a message this proxy has no rule for: pass on (DEFAULT), answer with an error, or drop",
     )
     p.add_argument("--port_broadcast", type=int, default=0, help="ShardProxyService: port of the shards' query socket")
-    p.add_argument("--host_broadcast", default="127.0.0.1", help="ShardProxyService: address that socket binds (0.0.0.0 in containers)")
+    p.add_argument(
+        "--host_broadcast",
+        default="127.0.0.1",
+        help="ShardProxyService: address that socket binds (0.0.0.0 in containers)",
+    )
     p.add_argument("--reduce_timeout", type=float, default=10.0, help="seconds a query waits for all its shards")
     p.add_argument("--index_timeout", type=float, default=600.0, help="seconds an index request waits for all parts")
     p.add_argument("--max_pending", type=int, default=10000, help="requests the reducer holds at most")

@@ -141,6 +141,8 @@ class GnesClient:
         for result in response.search.topk_results:
             doc = result.doc
             meta = json.loads(doc.meta_json) if doc.meta_json else None
-            text = doc.raw_text if doc.WhichOneof("raw_data") == "raw_text" else doc.raw_bytes.decode("utf-8", "replace")
+            text = (
+                doc.raw_text if doc.WhichOneof("raw_data") == "raw_text" else doc.raw_bytes.decode("utf-8", "replace")
+            )
             hits.append(SearchHit(doc.doc_id, result.score.value, text, meta))
         return hits

@@ -51,7 +51,9 @@ class SentenceTransformerEncoder(BaseEncoder):
             import torch
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
-            raise ImportError(f"SentenceTransformerEncoder needs sentence-transformers: install gnes[text] ({exc})") from exc
+            raise ImportError(
+                f"SentenceTransformerEncoder needs sentence-transformers: install gnes[text] ({exc})"
+            ) from exc
         path = self._resolve_model_path()
         if self.num_threads is not None:
             torch.set_num_threads(self.num_threads)

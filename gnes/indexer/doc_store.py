@@ -80,7 +80,9 @@ class LmdbDocStore(Component):
             raise
         super().start()
 
-    def put_many(self, ids: np.ndarray | Sequence[int], texts: Sequence[str], metas: Sequence[str] | None = None) -> int:
+    def put_many(
+        self, ids: np.ndarray | Sequence[int], texts: Sequence[str], metas: Sequence[str] | None = None
+    ) -> int:
         """Store (or replace) the documents in one transaction; return how many were written."""
         self._require_started()
         id_array = check_doc_ids(ids)

@@ -186,8 +186,9 @@ class BaseService:
             self._poller.register(in_sock, zmq.POLLIN)
             self._poller.register(ctrl, zmq.POLLIN)
             self._ready.set()
-            self.log.info("%s ready: in %s, out %s, ctrl port %d", self.name, in_spec.address, out_spec.address,
-                          self.ctrl_port)
+            self.log.info(
+                "%s ready: in %s, out %s, ctrl port %d", self.name, in_spec.address, out_spec.address, self.ctrl_port
+            )
             while not self._stop.is_set():
                 events = dict(self._poller.poll(self._poll_timeout_ms()))
                 if in_sock in events:

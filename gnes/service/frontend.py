@@ -223,7 +223,9 @@ class FrontendService(pb_grpc.GnesRPCServicer):
         env.part_ids.append(0)
         self._waiting[internal_id] = (future, caller_id)
         await self._out.send_multipart([env.SerializeToString(), request.SerializeToString()])
-        wait = self.config.index_timeout if body_type in (BodyType.INDEX, BodyType.TRAIN) else self.config.reduce_timeout
+        wait = (
+            self.config.index_timeout if body_type in (BodyType.INDEX, BodyType.TRAIN) else self.config.reduce_timeout
+        )
         self._loop.call_later(wait + 5.0, self._expire_waiter, internal_id, body_type, wait + 5.0)
         return future
 

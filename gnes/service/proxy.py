@@ -8,12 +8,11 @@ import uuid
 
 import zmq
 
-from ..proto import nd_to_array, pb
-from ..proto import array_to_nd
+from ..proto import array_to_nd, nd_to_array, pb
 from .base import BaseService
 from .message import BodyType, Packet, as_error, stamp_route
 from .reducer import Reducer
-from .sockets import SocketSpec, SocketType, open_socket
+from .sockets import SocketSpec, SocketType
 
 SHARD_TOPIC_PREFIX = b"shard:"
 

@@ -138,7 +138,9 @@ def merge_parts(parts: list[Packet], expected: int) -> Packet:
         merged.index.num_docs = sum(r.index.num_docs for r in responses)
         merged.index.status = _status(responses, "index")
         if missing:
-            errors.append(f"{missing} of {expected} parts were not acknowledged in time; their documents may not be stored")
+            errors.append(
+                f"{missing} of {expected} parts were not acknowledged in time; their documents may not be stored"
+            )
     elif body_type == BodyType.ADMIN:
         merged.admin.status = _status(responses, "admin")
         merged.admin.info_json = json.dumps({"shards": _flatten_infos(r.admin.info_json for r in responses)})
