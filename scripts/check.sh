@@ -2,6 +2,8 @@
 # The one check script, run the same way locally and in CI: lint, format, then the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ruff check gnes tests bench scripts
-ruff format --check gnes tests bench scripts
+paths=()
+for p in gnes tests bench scripts; do [ -d "$p" ] && paths+=("$p"); done
+ruff check "${paths[@]}"
+ruff format --check "${paths[@]}"
 python -m pytest -q "$@"
