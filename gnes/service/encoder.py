@@ -51,9 +51,10 @@ class EncoderService(BaseService):
     def _encode_docs(self, body: pb.Request.IndexRequest | pb.Request.TrainRequest) -> None:
         if body.HasField("embeddings"):  # vectors given by the caller (bulk load): nothing to encode
             return
-        texts = [doc_text(d) for d in body.docs]
+        # Surrounding whitespace carries no meaning (GNES 0.0.47 clients send lines with their newline).
+        texts = [doc_text(d).strip() for d in body.docs]
         for i, text in enumerate(texts):
-            if not text.strip():
+            if not text:
                 raise WireError(f"document {i} (doc_id {body.docs[i].doc_id}) has no text to encode")
         vectors = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
         array_to_nd(vectors, body.embeddings)
@@ -61,7 +62,7 @@ class EncoderService(BaseService):
     def _encode_query(self, search: pb.Request.QueryRequest) -> None:
         if search.HasField("embedding"):
             return
-        text = doc_text(search.query)
-        if not text.strip():
+        text = doc_text(search.query).strip()
+        if not text:
             raise WireError("the query has no text to encode")
         array_to_nd(self.encoder.encode([text]), search.embedding)
