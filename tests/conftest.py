@@ -182,3 +182,22 @@ def hash_pipeline(tmp_path: Path) -> Iterator[InProcessPipeline]:
         yield pipe
     finally:
         pipe.stack.close()
+
+
+STACK_PORT_VARIABLES = (
+    "GRPC_PORT",
+    "INCOME_PROXY_IN",
+    "INCOME_PROXY_OUT",
+    "MIDDLEMAN_PROXY_IN",
+    "MIDDLEMAN_PROXY_OUT",
+    "MIDDLEMAN_PROXY_BROADCAST",
+    "OUTGOING_PROXY_IN",
+    "OUTGOING_PROXY_OUT",
+)
+
+
+def stack_overrides(**extra: str) -> dict[str, str]:
+    """Variables for compose/gnes-swarm.yml that put every port of the stack on a free one."""
+    overrides = dict(zip(STACK_PORT_VARIABLES, map(str, free_ports(len(STACK_PORT_VARIABLES))), strict=True))
+    overrides.update(extra)
+    return overrides

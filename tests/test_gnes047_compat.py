@@ -43,9 +43,23 @@ def test_gnes_047_cli_indexes_and_its_call_query_finds_the_document(hash_pipelin
     corpus.write_text("\n".join(TEXTS) + "\n")
     port = str(hash_pipeline.grpc_port)
     index = subprocess.run(
-        [str(GNES047.parent / "gnes"), "client", "cli", "--txt_file", str(corpus), "--mode", "index",
-         "--grpc_port", port, "--batch_size", "25"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            str(GNES047.parent / "gnes"),
+            "client",
+            "cli",
+            "--txt_file",
+            str(corpus),
+            "--mode",
+            "index",
+            "--grpc_port",
+            port,
+            "--batch_size",
+            "25",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert index.returncode == 0, index.stderr
     assert "done" in index.stdout
@@ -56,7 +70,10 @@ def test_gnes_047_cli_indexes_and_its_call_query_finds_the_document(hash_pipelin
     query = subprocess.run(
         [str(GNES047), "-c", QUERY_SCRIPT, port],
         input="\n".join(queries),
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,  # so `gnes` is the 0.0.47 package
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # so `gnes` is the 0.0.47 package
     )
     assert query.returncode == 0, query.stderr
     rows = [line.split() for line in query.stdout.splitlines()]
