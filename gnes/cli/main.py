@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from .parser import build_parser
@@ -32,6 +33,11 @@ def _serve(args) -> int:  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Idle OpenMP threads (faiss, torch) spin by default. With a dozen gnes processes sharing a
+    # few cores, that spinning starved the others: query p50 through the stack fell from 16.6 ms
+    # to 2.6 ms once idle threads sleep (bench/pipeline.py, hash encoder, 2 cores). It must be set
+    # before faiss or torch is loaded, so it is set here, before anything else.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

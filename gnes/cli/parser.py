@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_docs_per_request", type=int, default=10000, help="most documents in one request")
 
     p = sub.add_parser("client", help="index files or search through a running frontend")
-    p.add_argument("--grpc_host", default="127.0.0.1")
-    p.add_argument("--grpc_port", type=int, default=8800)
+    p.add_argument("--grpc_host", default="127.0.0.1", help="host of the gRPC frontend")
+    p.add_argument("--grpc_port", type=int, default=8800, help="port of the gRPC frontend")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
     csub = p.add_subparsers(dest="client_command", required=True, metavar="ACTION")
     c = csub.add_parser("index", help="index FILE (one document per line) or every file in a folder")
@@ -94,13 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--start_id", type=int, default=0, help="doc_id of the first document")
     c = csub.add_parser("query", help="search and print ranked documents with scores")
     c.add_argument("text", nargs="+", help="query text (several arguments: several queries)")
-    c.add_argument("--top_k", type=int, default=10)
+    c.add_argument("--top_k", type=int, default=10, help="results per query")
     c = csub.add_parser("status", help="print the frontend's status")
 
     p = sub.add_parser("healthcheck", help="exit 0 if a service answers READY on its control port")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="host of the service's control socket")
     p.add_argument("--port", type=int, required=True, help="the service's --port_ctrl")
-    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
 
     from ..stack.cli import add_parser as add_stack_parser
 

@@ -1,0 +1,149 @@
+"""Indexing rate and query latency through the whole stack, beside the same work in one process.
+
+Workload (issue 2): N short text documents (default 10,000) indexed in requests of 100
+through the streaming gRPC call, then 300 sequential queries (top_k 10) after 20 warm-up
+queries. The stack is compose/gnes-swarm.yml run as local processes (3 shards). The
+baseline calls the encoder and one shard index directly, in this process.
+
+    python bench/pipeline.py [--encoders hash,minilm] [--docs 10000] [--shards 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import gensim
+import numpy as np
+
+from gnes.client import GnesClient
+from gnes.config import load_component
+from gnes.encoder.base import BaseEncoder
+from gnes.indexer.base import BaseIndexer
+from gnes.stack.local import LocalStack
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+CONFIGS = {
+    "hash": ("yaml/encoder-hash.yml", "yaml/indexer-hash.yml"),
+    "minilm": ("yaml/encoder-minilm.yml", "yaml/indexer-flat-ip.yml"),
+}
+BATCH, QUERIES, WARMUP, TOP_K = 100, 300, 20, 10
+
+
+def short_documents(n: int) -> list[str]:
+    """Real news sentences (Lee corpus), numbered so that every document is distinct."""
+    text = CORPUS.read_text(encoding="utf-8", errors="replace")
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
+    return [f"{sentences[i % len(sentences)]} [{i}]" for i in range(n)]
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ms = np.array(samples) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> dict[str, float]:
+    encoder_yaml, indexer_yaml = CONFIGS[name]
+    names = [
+        "GRPC_PORT",
+        "INCOME_PROXY_IN",
+        "INCOME_PROXY_OUT",
+        "MIDDLEMAN_PROXY_IN",
+        "MIDDLEMAN_PROXY_OUT",
+        "MIDDLEMAN_PROXY_BROADCAST",
+        "OUTGOING_PROXY_IN",
+        "OUTGOING_PROXY_OUT",
+    ]
+    overrides = dict(zip(names, map(str, free_ports(len(names))), strict=True))
+    overrides.update(
+        INDEXER_REPLICAS=str(shards),
+        ENCODER_YAML_PATH=str(REPO / encoder_yaml),
+        INDEXER_YAML_PATH=str(REPO / indexer_yaml),
+    )
+    with tempfile.TemporaryDirectory() as workdir:
+        stack = LocalStack.from_file(REPO / "compose/gnes-swarm.yml", workdir=workdir, overrides=overrides, quiet=True)
+        with stack, GnesClient(port=int(overrides["GRPC_PORT"]), timeout=600) as client:
+            started = time.perf_counter()
+            summary = client.index(docs, batch_size=BATCH)
+            index_s = time.perf_counter() - started
+            assert summary.errors == [] and summary.num_docs == len(docs), summary.errors[:3]
+            for q in queries[:WARMUP]:
+                client.query(q, top_k=TOP_K)
+            latencies = []
+            for q in queries[WARMUP:]:
+                t = time.perf_counter()
+                client.query(q, top_k=TOP_K)
+                latencies.append(time.perf_counter() - t)
+    p50, p99 = percentiles(latencies)
+    return {"docs_per_s": len(docs) / index_s, "p50_ms": p50, "p99_ms": p99}
+
+
+def run_in_process(name: str, docs: list[str], queries: list[str]) -> dict[str, float]:
+    encoder_yaml, indexer_yaml = CONFIGS[name]
+    encoder = load_component(REPO / encoder_yaml, BaseEncoder)
+    index = load_component(REPO / indexer_yaml, BaseIndexer)
+    with tempfile.TemporaryDirectory() as data, encoder:
+        index.start(Path(data))
+        try:
+            started = time.perf_counter()
+            for i in range(0, len(docs), BATCH):
+                batch = docs[i : i + BATCH]
+                ids = np.arange(i, i + len(batch), dtype=np.uint64)
+                index.add(ids, encoder.encode(batch), batch)
+            index_s = time.perf_counter() - started
+            for q in queries[:WARMUP]:
+                index.search(encoder.encode([q]), TOP_K)
+            latencies = []
+            for q in queries[WARMUP:]:
+                t = time.perf_counter()
+                index.search(encoder.encode([q]), TOP_K)
+                latencies.append(time.perf_counter() - t)
+        finally:
+            index.close()
+    p50, p99 = percentiles(latencies)
+    return {"docs_per_s": len(docs) / index_s, "p50_ms": p50, "p99_ms": p99}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoders", default="hash,minilm")
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--shards", type=int, default=3)
+    args = parser.parse_args()
+    docs = short_documents(args.docs)
+    rng = np.random.default_rng(0)
+    queries = [docs[i] for i in rng.integers(0, len(docs), WARMUP + QUERIES)]
+    print(
+        f"{args.docs} documents in requests of {BATCH}; {QUERIES} queries (top_k {TOP_K}) after {WARMUP} warm-up;"
+        f" stack: {args.shards} shards, local processes on loopback; {os.cpu_count()} cores"
+    )
+    for name in args.encoders.split(","):
+        stack = run_stack(name, docs, queries, args.shards)
+        base = run_in_process(name, docs, queries)
+        print(f"\n[{name}]              index docs/s   query p50 ms   query p99 ms")
+        print(f"  stack               {stack['docs_per_s']:12.0f}   {stack['p50_ms']:12.3f}   {stack['p99_ms']:12.3f}")
+        print(f"  in-process          {base['docs_per_s']:12.0f}   {base['p50_ms']:12.3f}   {base['p99_ms']:12.3f}")
+        ratio = stack["docs_per_s"] / base["docs_per_s"]
+        print(f"  stack / in-process  {ratio:12.2f}   {stack['p50_ms'] / base['p50_ms']:12.1f}x")
+
+
+if __name__ == "__main__":
+    main()
