@@ -23,7 +23,8 @@ import numpy as np
 from gnes.client import GnesClient
 from gnes.config import load_component
 from gnes.encoder.base import BaseEncoder
-from gnes.indexer.base import BaseIndexer
+from gnes.indexer.config import IndexConfig
+from gnes.indexer.logical import LogicalIndex
 from gnes.stack.local import LocalStack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,9 +100,9 @@ def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> di
 def run_in_process(name: str, docs: list[str], queries: list[str]) -> dict[str, float]:
     encoder_yaml, indexer_yaml = CONFIGS[name]
     encoder = load_component(REPO / encoder_yaml, BaseEncoder)
-    index = load_component(REPO / indexer_yaml, BaseIndexer)
+    config = load_component(REPO / indexer_yaml, IndexConfig)
     with tempfile.TemporaryDirectory() as data, encoder:
-        index.start(Path(data))
+        index = LogicalIndex.create("bench", config, Path(data) / "bench")
         try:
             started = time.perf_counter()
             for i in range(0, len(docs), BATCH):

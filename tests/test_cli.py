@@ -11,7 +11,7 @@ import pytest
 from gnes.cli.parser import build_parser
 from gnes.config import ConfigError, load_component
 from gnes.encoder.base import BaseEncoder
-from gnes.indexer.base import BaseIndexer
+from gnes.indexer.config import IndexConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,9 +57,10 @@ BAD_CONFIGS = [
     ("# a comment\n!NoSuchThing\ndim: 3\n", BaseEncoder, ":2: unknown tag !NoSuchThing"),
     ("!HashEncoder\ndim: [64\n", BaseEncoder, "invalid YAML"),
     ("!HashEncoder\ndim: -3\n", BaseEncoder, ":1: !HashEncoder: dim must be"),
-    ("!HashEncoder\ndim: 64\n", BaseIndexer, ":1: !HashEncoder is not a BaseIndexer"),
+    ("!HashEncoder\ndim: 64\n", IndexConfig, ":1: !HashEncoder is not a IndexConfig"),
     ("!builtins:dict\n", BaseEncoder, "is not a gnes component"),
-    ("!gnes.encoder.hash:HashEncoder\ndim: 8\n", BaseIndexer, "is not a BaseIndexer"),
+    ("!gnes.encoder.hash:HashEncoder\ndim: 8\n", IndexConfig, "is not a IndexConfig"),
+    ("!IndexConfig\ndim: 8\nindex_type: hnsw\n", IndexConfig, ":1: !IndexConfig: index_type must be one of"),
     ("dim: 64\n", BaseEncoder, ":1: the top node needs a component tag"),
 ]
 
@@ -77,7 +78,7 @@ def test_a_dotted_path_tag_and_nested_components_load() -> None:
     encoder = load_component("!gnes.encoder.hash:HashEncoder\ndim: 8\n", BaseEncoder)
     with encoder:
         assert encoder.encode(["a"]).shape == (1, 8)
-    assert isinstance(load_component(REPO / "yaml/indexer-flat-ip.yml", BaseIndexer), BaseIndexer)
+    assert load_component(REPO / "yaml/indexer-flat-ip.yml", IndexConfig).factory == "Flat"
 
 
 def test_a_service_with_a_bad_config_exits_at_start_with_the_reason(tmp_path: Path) -> None:

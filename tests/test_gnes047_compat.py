@@ -63,7 +63,7 @@ def test_gnes_047_cli_indexes_and_its_call_query_finds_the_document(hash_pipelin
     )
     assert index.returncode == 0, index.stderr
     assert "done" in index.stdout
-    counts = [hash_pipeline.shard(i).indexer.count() for i in range(3)]
+    counts = [hash_pipeline.shard(i).indexes.get("").count() for i in range(3)]
     assert sum(counts) == len(TEXTS)
 
     queries = [TEXTS[7], TEXTS[63], TEXTS[119]]

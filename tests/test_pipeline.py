@@ -13,7 +13,8 @@ import zmq
 from gnes.client import GnesClient, GnesError
 from gnes.config import load_component
 from gnes.encoder.base import BaseEncoder
-from gnes.indexer.base import BaseIndexer
+from gnes.indexer.config import IndexConfig
+from gnes.indexer.logical import LogicalIndex
 from gnes.proto import array_to_nd, pb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,7 @@ def _index(client: GnesClient, texts: list[str] = TEXTS) -> None:
 def test_each_document_lands_on_exactly_one_shard_and_is_found(hash_pipeline) -> None:
     with GnesClient(port=hash_pipeline.grpc_port) as client:
         _index(client)
-        counts = [hash_pipeline.shard(i).indexer.count() for i in range(3)]
+        counts = [hash_pipeline.shard(i).indexes.get("").count() for i in range(3)]
         assert sum(counts) == len(TEXTS) and all(c > 0 for c in counts)
         for doc_id in (0, 77, 199):
             hits = client.query(TEXTS[doc_id], top_k=5)
@@ -40,9 +41,9 @@ def test_each_document_lands_on_exactly_one_shard_and_is_found(hash_pipeline) ->
 
 def test_sharded_results_equal_one_unsharded_exact_index(hash_pipeline, tmp_path: Path) -> None:
     encoder = load_component(REPO / "yaml/encoder-hash.yml", BaseEncoder)
-    single = load_component(REPO / "yaml/indexer-hash.yml", BaseIndexer)
+    config = load_component(REPO / "yaml/indexer-hash.yml", IndexConfig)
     with encoder, GnesClient(port=hash_pipeline.grpc_port) as client:
-        single.start(tmp_path / "single")
+        single = LogicalIndex.create("single", config, tmp_path / "single")
         try:
             single.add(np.arange(len(TEXTS), dtype=np.uint64), encoder.encode(TEXTS), TEXTS)
             _index(client)
@@ -93,7 +94,7 @@ def test_bad_requests_get_a_reason_and_the_service_keeps_serving(hash_pipeline) 
         with pytest.raises(GnesError):
             client.query("   ", top_k=3)
         # nothing accepted was lost, and the pipeline still answers
-        assert sum(hash_pipeline.shard(i).indexer.count() for i in range(3)) == 40
+        assert sum(hash_pipeline.shard(i).indexes.get("").count() for i in range(3)) == 40
         assert client.query(TEXTS[5], top_k=1)[0].doc_id == 5
 
 

@@ -51,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         from .healthcheck import run as run_healthcheck
 
         return run_healthcheck(args)
+    if args.command == "load":
+        from .load import run as run_load
+
+        return run_load(args)
+    if args.command == "launch":
+        from ..cluster.cli import run as run_launch
+
+        return run_launch(args)
     from ..stack.cli import run as run_stack
 
     return run_stack(args)

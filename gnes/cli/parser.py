@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host_broadcast", default="127.0.0.1", help="host of the middleman's query broadcast socket")
     p.add_argument("--port_broadcast", type=int, default=0, help="port of the middleman's query broadcast socket")
     p.add_argument("--save_interval", type=float, default=0.0, help="seconds between periodic saves (0: on stop)")
+    p.add_argument(
+        "--port_direct",
+        type=int,
+        default=-1,
+        help="port where IndexClient and `gnes load` reach this shard directly (0: any free; -1: none)",
+    )
+    p.add_argument("--host_direct", default="127.0.0.1", help="address the direct port binds (0.0.0.0: all)")
+    p.add_argument("--discovery", default="", help="discovery file to register this shard in once it listens")
+    p.add_argument("--rank", type=int, default=0, help="this shard's rank in the discovery file")
 
     p = sub.add_parser("frontend", help="start the gRPC frontend")
     _service_flags(p, "SUB_CONNECT", "PUSH_CONNECT")
@@ -105,4 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ..stack.cli import add_parser as add_stack_parser
 
     add_stack_parser(sub)
+    from ..cluster.cli import add_parser as add_launch_parser
+
+    add_launch_parser(sub)
+    from .load import add_parser as add_load_parser
+
+    add_load_parser(sub)
     return parser

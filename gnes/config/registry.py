@@ -10,7 +10,7 @@ from __future__ import annotations
 COMPONENT_CLASSES: dict[str, str] = {
     "SentenceTransformerEncoder": "gnes.encoder.text:SentenceTransformerEncoder",
     "HashEncoder": "gnes.encoder.hash:HashEncoder",
-    "FaissIndexer": "gnes.indexer.faiss_index:FaissIndexer",
-    "LmdbDocStore": "gnes.indexer.doc_store:LmdbDocStore",
-    "ShardIndexer": "gnes.indexer.shard:ShardIndexer",
+    "IndexConfig": "gnes.indexer.config:IndexConfig",
+    # the name of the original GNES's faiss indexer tag
+    "FaissIndexer": "gnes.indexer.config:IndexConfig",
 }

@@ -1,1 +1,1 @@
-"""Indexers store vectors with their documents and answer top-k queries; see `base.BaseIndexer`."""
+"""Logical indexes: faiss vectors, an LMDB store with a write-ahead log, metadata filters."""

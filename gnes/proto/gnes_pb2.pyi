@@ -200,7 +200,7 @@ class Request(_message.Message):
         command: Request.ControlRequest.Command
         def __init__(self, command: _Optional[_Union[Request.ControlRequest.Command, str]] = ...) -> None: ...
     class AdminRequest(_message.Message):
-        __slots__ = ("command", "index_name", "config_json", "doc_ids")
+        __slots__ = ("command", "index_name", "config_json", "doc_ids", "exist_ok", "return_embeddings")
         class Command(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
             __slots__ = ()
             LIST: _ClassVar[Request.AdminRequest.Command]
@@ -210,6 +210,8 @@ class Request(_message.Message):
             SAVE: _ClassVar[Request.AdminRequest.Command]
             DELETE_DOCS: _ClassVar[Request.AdminRequest.Command]
             TRAIN_NOW: _ClassVar[Request.AdminRequest.Command]
+            LOAD: _ClassVar[Request.AdminRequest.Command]
+            GET_DOCS: _ClassVar[Request.AdminRequest.Command]
         LIST: Request.AdminRequest.Command
         CREATE: Request.AdminRequest.Command
         DROP: Request.AdminRequest.Command
@@ -217,15 +219,21 @@ class Request(_message.Message):
         SAVE: Request.AdminRequest.Command
         DELETE_DOCS: Request.AdminRequest.Command
         TRAIN_NOW: Request.AdminRequest.Command
+        LOAD: Request.AdminRequest.Command
+        GET_DOCS: Request.AdminRequest.Command
         COMMAND_FIELD_NUMBER: _ClassVar[int]
         INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
         CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
         DOC_IDS_FIELD_NUMBER: _ClassVar[int]
+        EXIST_OK_FIELD_NUMBER: _ClassVar[int]
+        RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
         command: Request.AdminRequest.Command
         index_name: str
         config_json: str
         doc_ids: _containers.RepeatedScalarFieldContainer[int]
-        def __init__(self, command: _Optional[_Union[Request.AdminRequest.Command, str]] = ..., index_name: _Optional[str] = ..., config_json: _Optional[str] = ..., doc_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+        exist_ok: bool
+        return_embeddings: bool
+        def __init__(self, command: _Optional[_Union[Request.AdminRequest.Command, str]] = ..., index_name: _Optional[str] = ..., config_json: _Optional[str] = ..., doc_ids: _Optional[_Iterable[int]] = ..., exist_ok: _Optional[bool] = ..., return_embeddings: _Optional[bool] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -272,7 +280,7 @@ class Response(_message.Message):
         info_json: str
         def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., info_json: _Optional[str] = ...) -> None: ...
     class QueryResponse(_message.Message):
-        __slots__ = ("status", "top_k", "topk_results", "is_big_score_similar", "is_sorted", "partial", "shards_answered", "shards_expected")
+        __slots__ = ("status", "top_k", "topk_results", "is_big_score_similar", "is_sorted", "partial", "shards_answered", "shards_expected", "result_counts")
         class ScoredResult(_message.Message):
             __slots__ = ("chunk", "doc", "score")
             class Score(_message.Message):
@@ -297,6 +305,7 @@ class Response(_message.Message):
         PARTIAL_FIELD_NUMBER: _ClassVar[int]
         SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
         SHARDS_EXPECTED_FIELD_NUMBER: _ClassVar[int]
+        RESULT_COUNTS_FIELD_NUMBER: _ClassVar[int]
         status: Response.Status
         top_k: int
         topk_results: _containers.RepeatedCompositeFieldContainer[Response.QueryResponse.ScoredResult]
@@ -305,14 +314,17 @@ class Response(_message.Message):
         partial: bool
         shards_answered: int
         shards_expected: int
-        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., top_k: _Optional[int] = ..., topk_results: _Optional[_Iterable[_Union[Response.QueryResponse.ScoredResult, _Mapping]]] = ..., is_big_score_similar: _Optional[bool] = ..., is_sorted: _Optional[bool] = ..., partial: _Optional[bool] = ..., shards_answered: _Optional[int] = ..., shards_expected: _Optional[int] = ...) -> None: ...
+        result_counts: _containers.RepeatedScalarFieldContainer[int]
+        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., top_k: _Optional[int] = ..., topk_results: _Optional[_Iterable[_Union[Response.QueryResponse.ScoredResult, _Mapping]]] = ..., is_big_score_similar: _Optional[bool] = ..., is_sorted: _Optional[bool] = ..., partial: _Optional[bool] = ..., shards_answered: _Optional[int] = ..., shards_expected: _Optional[int] = ..., result_counts: _Optional[_Iterable[int]] = ...) -> None: ...
     class AdminResponse(_message.Message):
-        __slots__ = ("status", "info_json")
+        __slots__ = ("status", "info_json", "docs")
         STATUS_FIELD_NUMBER: _ClassVar[int]
         INFO_JSON_FIELD_NUMBER: _ClassVar[int]
+        DOCS_FIELD_NUMBER: _ClassVar[int]
         status: Response.Status
         info_json: str
-        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., info_json: _Optional[str] = ...) -> None: ...
+        docs: _containers.RepeatedCompositeFieldContainer[Document]
+        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., info_json: _Optional[str] = ..., docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]

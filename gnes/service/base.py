@@ -21,7 +21,7 @@ import zmq
 from ..proto import WireError, pb
 from .config import ServiceConfig
 from .message import BodyType, Packet, as_error, recv_packet, send_packet, stamp_route
-from .sockets import open_socket
+from .sockets import SocketType, open_socket
 
 # Messages taken from the input per poll: amortises the poll call under load.
 _DRAIN = 256
@@ -129,6 +129,9 @@ class BaseService:
 
     def send_out(self, packet: Packet, topic: bytes | None = None) -> None:
         stamp_route(packet, self.name, self.identity)
+        if self.out_sock is None:
+            self.log.error("request %d has no way out: --socket_out is NONE", packet.envelope.request_id)
+            return
         if self._out_has_topic and topic is None:
             topic = packet.envelope.client_id.encode()
         self.send_blocking(self.out_sock, packet, topic)
@@ -165,11 +168,14 @@ class BaseService:
             self.setup()
             cfg = self.config
             in_spec, out_spec = cfg.in_spec, cfg.out_spec
-            in_sock = open_socket(ctx, in_spec, hwm=cfg.hwm)
-            socks.append(in_sock)
-            self.out_sock = open_socket(ctx, out_spec, hwm=cfg.hwm)
-            self.out_sock.setsockopt(zmq.SNDTIMEO, 500)
-            socks.append(self.out_sock)
+            in_sock = None
+            if in_spec.type is not SocketType.NONE:
+                in_sock = open_socket(ctx, in_spec, hwm=cfg.hwm)
+                socks.append(in_sock)
+            if out_spec.type is not SocketType.NONE:
+                self.out_sock = open_socket(ctx, out_spec, hwm=cfg.hwm)
+                self.out_sock.setsockopt(zmq.SNDTIMEO, 500)
+                socks.append(self.out_sock)
             self._out_has_topic = out_spec.type.zmq_type == zmq.PUB
             in_has_topic = in_spec.type.zmq_type == zmq.SUB
             ctrl = ctx.socket(zmq.REP)
@@ -183,7 +189,8 @@ class BaseService:
                 self.ctrl_port = ctrl.bind_to_random_port(f"tcp://{host}")
             self.open_extra_sockets(ctx)
             socks.extend(self._extra)
-            self._poller.register(in_sock, zmq.POLLIN)
+            if in_sock is not None:
+                self._poller.register(in_sock, zmq.POLLIN)
             self._poller.register(ctrl, zmq.POLLIN)
             self._ready.set()
             self.log.info(
@@ -191,7 +198,7 @@ class BaseService:
             )
             while not self._stop.is_set():
                 events = dict(self._poller.poll(self._poll_timeout_ms()))
-                if in_sock in events:
+                if in_sock is not None and in_sock in events:
                     self._drain(in_sock, in_has_topic)
                 if ctrl in events:
                     self._on_control(ctrl)

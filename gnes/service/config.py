@@ -39,6 +39,10 @@ class ServiceConfig:
     max_docs_per_request: int = 10000
     # indexer
     save_interval: float = 0.0
+    port_direct: int = -1  # -1: no direct socket; 0: any free port
+    host_direct: str = "127.0.0.1"
+    discovery: str = ""
+    rank: int = 0
 
     @property
     def in_spec(self) -> SocketSpec:

@@ -1,12 +1,16 @@
-"""The indexer service: one shard. Stores what it is sent, answers every query it gets.
+"""The indexer service: one shard holding any number of logical indexes.
 
-Index batches arrive on the input socket (one shard per batch); queries and admin
-requests arrive on a SUB socket subscribed to this shard's own topic at the middleman.
+Requests reach it three ways: index batches on the input socket (one shard per batch),
+queries and admin requests on a SUB socket subscribed to this shard's own topic at the
+middleman, and anything from direct clients (IndexClient, `gnes load`) on a ROUTER socket
+at --port_direct, answered on the same socket. An index request is answered only after
+its documents are durable (see gnes/indexer/store.py).
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -14,39 +18,66 @@ import numpy as np
 import zmq
 
 from ..config import load_component
-from ..indexer.base import BaseIndexer
-from ..proto import WireError, doc_text, nd_to_array, pb
+from ..indexer.config import DEFAULT_INDEX, IndexConfig
+from ..indexer.index_set import IndexSet
+from ..proto import WireError, array_to_nd, doc_text, nd_to_array, pb
 from .base import BaseService
-from .message import BodyType, Packet, parse_frames
+from .message import BodyType, Packet, error_response, parse_frames, stamp_route
 from .proxy import new_shard_topic
 from .sockets import SocketSpec, SocketType, open_socket
+
+_POLL_TRAINING_S = 0.05
+Admin = pb.Request.AdminRequest
 
 
 class IndexerService(BaseService):
     kind = "indexer"
     checks_mode = True
 
-    def __init__(self, config, indexer: BaseIndexer | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, config, indexes: IndexSet | None = None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)
-        self.indexer = indexer
+        self.indexes = indexes
         self.topic = new_shard_topic()
         self._last_save = time.monotonic()
+        self.direct_port = 0
 
     def setup(self) -> None:
-        if self.indexer is None:
-            if not self.config.yaml_path:
-                raise ValueError("the indexer needs --yaml_path, e.g. yaml/indexer-flat-ip.yml")
-            self.indexer = load_component(self.config.yaml_path, BaseIndexer)
-        data_dir = Path(self.config.dump_path) if self.config.dump_path else None
-        self.indexer.start(data_dir)
-        self.log.info("shard ready with %d documents (data: %s)", self.indexer.count(), data_dir or "in memory")
+        if self.indexes is None:
+            default = load_component(self.config.yaml_path, IndexConfig) if self.config.yaml_path else None
+            data_dir = Path(self.config.dump_path) if self.config.dump_path else None
+            self.indexes = IndexSet(data_dir, default)
+        self.log.info(
+            "shard ready with indexes %s (data: %s)", self.indexes.names(), self.config.dump_path or "in memory"
+        )
 
     def open_extra_sockets(self, ctx: zmq.Context) -> None:
-        if not self.config.port_broadcast:
+        cfg = self.config
+        if cfg.port_broadcast:
+            spec = SocketSpec(SocketType.SUB_CONNECT, cfg.host_broadcast, cfg.port_broadcast)
+            self.watch(open_socket(ctx, spec, hwm=cfg.hwm, subscribe=(self.topic,)), self._on_broadcast)
+        elif cfg.socket_in.upper() != "NONE":
             self.log.warning("no --port_broadcast: this shard gets queries only through its input socket")
-            return
-        spec = SocketSpec(SocketType.SUB_CONNECT, self.config.host_broadcast, self.config.port_broadcast)
-        self.watch(open_socket(ctx, spec, hwm=self.config.hwm, subscribe=(self.topic,)), self._on_broadcast)
+        if cfg.port_direct < 0 and cfg.socket_in.upper() == "NONE":
+            raise ValueError("a shard with --socket_in NONE is reachable only through --port_direct: set it")
+        if cfg.port_direct >= 0:
+            router = ctx.socket(zmq.ROUTER)
+            router.setsockopt(zmq.SNDHWM, cfg.hwm)
+            router.setsockopt(zmq.RCVHWM, cfg.hwm)
+            router.setsockopt(zmq.LINGER, 2000)
+            # A client that went away must not block the shard: drop its answers instead.
+            router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            host = "*" if cfg.host_direct in ("0.0.0.0", "*") else cfg.host_direct
+            if cfg.port_direct:
+                router.bind(f"tcp://{host}:{cfg.port_direct}")
+                self.direct_port = cfg.port_direct
+            else:
+                self.direct_port = router.bind_to_random_port(f"tcp://{host}")
+            self.watch(router, self._on_direct)
+            self.log.info("direct clients: port %d", self.direct_port)
+            if cfg.discovery:
+                from ..cluster.discovery import register_shard
+
+                register_shard(cfg.discovery, cfg.rank, _reachable_host(cfg.host_direct), self.direct_port)
 
     def _on_broadcast(self, sock: zmq.Socket) -> None:
         while True:
@@ -62,46 +93,98 @@ class IndexerService(BaseService):
                 continue
             self._dispatch(packet)
 
-    def teardown(self) -> None:
-        if self.indexer is not None:
-            self.indexer.close()
+    def _on_direct(self, sock: zmq.Socket) -> None:
+        for _ in range(256):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.handled += 1
+            client, rest = frames[0], frames[1:]
+            try:
+                packet = parse_frames(rest)
+            except WireError as exc:
+                # A direct client waits for an answer, so even garbage gets one.
+                self.errors += 1
+                response = error_response(0, BodyType.UNSET, f"{self.name}: malformed message: {exc}")
+                sock.send_multipart(
+                    [client, pb.Envelope(is_response=True).SerializeToString(), response.SerializeToString()]
+                )
+                continue
+            try:
+                response = self.answer(packet)
+            except (WireError, ValueError, KeyError) as exc:
+                self.errors += 1
+                response = error_response(packet.envelope.request_id, packet.envelope.body_type, f"{self.name}: {exc}")
+            except Exception as exc:
+                self.errors += 1
+                self.log.exception("direct request failed")
+                reason = f"{self.name}: internal error: {type(exc).__name__}: {exc}"
+                response = error_response(packet.envelope.request_id, packet.envelope.body_type, reason)
+            packet.envelope.is_response = True
+            stamp_route(packet, self.name, self.identity)
+            sock.send_multipart([client, packet.envelope.SerializeToString(), response.SerializeToString()])
 
-    def next_deadline(self) -> float | None:
+    def teardown(self) -> None:
+        if self.indexes is not None:
+            self.indexes.close()
+
+    def next_deadline(self) -> float:
+        # Poll often while a background training may finish; else only for periodic saves.
         interval = self.config.save_interval
-        return self._last_save + interval if interval > 0 else None
+        save_at = self._last_save + interval if interval > 0 else float("inf")
+        return min(save_at, time.monotonic() + _POLL_TRAINING_S)
 
     def on_timer(self, now: float) -> None:
-        if now >= self._last_save + self.config.save_interval:
-            self.indexer.save()
+        self.indexes.poll()
+        if self.config.save_interval > 0 and now >= self._last_save + self.config.save_interval:
+            self.indexes.save()
             self._last_save = now
 
     def status_info(self) -> dict[str, object]:
-        return {**super().status_info(), "count": self.indexer.count() if self.indexer else None}
+        info = super().status_info()
+        if self.indexes is not None:
+            info["indexes"] = {name: state["count"] for name, state in self.indexes.states().items()}
+            info["count"] = sum(info["indexes"].values())  # type: ignore[union-attr]
+        info["direct_port"] = self.direct_port
+        return info
 
+    # ---- requests ----------------------------------------------------------------------
     def handle(self, packet: Packet) -> None:
         env = packet.envelope
         if env.is_response:  # an upstream error on its way to the caller
             self.send_out(packet)
             return
+        response = self.answer(packet)
+        env.is_response = True
+        packet.body = response.SerializeToString()
+        self.send_out(packet)
+
+    def answer(self, packet: Packet) -> pb.Response:
+        body_type = packet.envelope.body_type
         request = packet.request()
         response = pb.Response(request_id=request.request_id)
-        if env.body_type == BodyType.INDEX:
+        if body_type == BodyType.INDEX:
             response.index.num_docs = self._index(request.index)
             response.index.status = pb.Response.SUCCESS
-        elif env.body_type == BodyType.QUERY:
+        elif body_type == BodyType.QUERY:
             self._search(request.search, response.search)
-        elif env.body_type == BodyType.TRAIN:
-            # Vectors are stored (and a trained index type trains) as they are indexed;
-            # a train request only confirms that this shard is reachable.
+        elif body_type == BodyType.TRAIN:
+            for index in self._targets(request.train.index_name):
+                index.train_now()
             response.train.status = pb.Response.SUCCESS
-        elif env.body_type == BodyType.ADMIN:
+        elif body_type == BodyType.ADMIN:
             self._admin(request.admin, response.admin)
         else:
             response.control.status = pb.Response.READY
             response.control.info_json = json.dumps(self.status_info())
-        env.is_response = True
-        packet.body = response.SerializeToString()
-        self.send_out(packet)
+        return response
+
+    def _targets(self, name: str) -> list:  # type: ignore[type-arg]
+        """TRAIN with no index name trains every index of the shard."""
+        if name:
+            return [self.indexes.get(name)]
+        return [self.indexes.get(n) for n in self.indexes.names()]
 
     def _index(self, body: pb.Request.IndexRequest) -> int:
         if not body.HasField("embeddings"):
@@ -112,39 +195,98 @@ class IndexerService(BaseService):
         ids = np.fromiter((d.doc_id for d in body.docs), dtype=np.uint64, count=len(body.docs))
         texts = [doc_text(d) for d in body.docs]
         metas = [d.meta_json for d in body.docs]
-        return self.indexer.add(ids, np.asarray(vectors, dtype=np.float32), texts, metas)
+        index = self.indexes.get(body.index_name)
+        return index.add(ids, np.asarray(vectors, dtype=np.float32), texts, metas)
 
     def _search(self, body: pb.Request.QueryRequest, out: pb.Response.QueryResponse) -> None:
         if not body.HasField("embedding"):
             raise WireError("the query reached the indexer without a vector: is an encoder in front?")
         if body.top_k <= 0:
             raise WireError("top_k must be at least 1")
-        query = np.asarray(nd_to_array(body.embedding), dtype=np.float32).reshape(1, -1)
-        hits = self.indexer.search(query, int(body.top_k))[0]
-        for hit in hits:
-            result = out.topk_results.add()
-            result.doc.doc_id = hit.doc_id
-            result.doc.raw_text = hit.text
-            result.doc.doc_type = pb.Document.TEXT
-            if hit.meta_json:
-                result.doc.meta_json = hit.meta_json
-            result.score.value = hit.score
+        index = self.indexes.get(body.index_name)
+        queries = np.asarray(nd_to_array(body.embedding), dtype=np.float32)
+        batch = queries.ndim == 2  # a [q, d] batch from a vector client; else one query
+        results = index.search(
+            queries if batch else queries.reshape(1, -1),
+            int(body.top_k),
+            nprobe=body.nprobe or None,
+            ef_search=body.ef_search or None,
+            filter_field=body.filter_field,
+            filter_value_json=body.filter_value_json,
+            return_vectors=body.return_embeddings,
+        )
+        for hits in results:
+            for hit in hits:
+                result = out.topk_results.add()
+                result.doc.doc_id = hit.doc_id
+                result.doc.raw_text = hit.text
+                result.doc.doc_type = pb.Document.TEXT
+                if hit.meta_json:
+                    result.doc.meta_json = hit.meta_json
+                if hit.vector is not None:
+                    result.doc.embedding.CopyFrom(array_to_nd(hit.vector))
+                result.score.value = hit.score
+            if batch:
+                out.result_counts.append(len(hits))
         out.status = pb.Response.SUCCESS
         out.top_k = body.top_k
-        out.is_big_score_similar = self.indexer.is_big_score_similar
+        out.is_big_score_similar = index.config.metric == "ip"
         out.is_sorted = True
         out.shards_answered = 1
         out.shards_expected = 1
 
     def _admin(self, body: pb.Request.AdminRequest, out: pb.Response.AdminResponse) -> None:
-        command = body.command
-        if command == pb.Request.AdminRequest.SAVE:
-            self.indexer.save()
+        command, name = body.command, body.index_name
+        info: dict[str, object] = {"shard": self.identity}
+        if command == Admin.LIST:
+            info["indexes"] = self.indexes.names()
+        elif command == Admin.CREATE:
+            if not body.config_json:
+                raise WireError("CREATE needs config_json: the index configuration")
+            config = IndexConfig.from_json(body.config_json)
+            info["created"] = self.indexes.create(name or DEFAULT_INDEX, config, exist_ok=body.exist_ok)
+        elif command == Admin.DROP:
+            self.indexes.drop(name)
+            info["dropped"] = name or DEFAULT_INDEX
+        elif command == Admin.STATS:
+            states = self.indexes.states()
+            if name:
+                self.indexes.get(name)  # a clear error for an unknown name
+                states = {name: states[name]}
+            info["indexes"] = states
+            info["count"] = sum(state["count"] for state in states.values())
+        elif command == Admin.SAVE:
+            for index in self._targets(name):
+                index.save()
             self._last_save = time.monotonic()
-        elif command == pb.Request.AdminRequest.DELETE_DOCS:
-            self.indexer.delete(np.asarray(body.doc_ids, dtype=np.uint64))
-        elif command != pb.Request.AdminRequest.STATS:
-            name = pb.Request.AdminRequest.Command.Name(command)
-            raise WireError(f"admin command {name} is not supported by this indexer")
+        elif command == Admin.LOAD:
+            info["state"] = self.indexes.reload(name).state()
+        elif command == Admin.TRAIN_NOW:
+            info["started"] = [index.name for index in self._targets(name) if index.train_now()]
+        elif command == Admin.DELETE_DOCS:
+            info["deleted"] = self.indexes.get(name).delete(np.asarray(body.doc_ids, dtype=np.uint64))
+        elif command == Admin.GET_DOCS:
+            self._get_docs(body, out)
+        else:
+            raise WireError(f"unknown admin command {command}")
         out.status = pb.Response.SUCCESS
-        out.info_json = json.dumps({"shard": self.identity, "count": self.indexer.count()})
+        out.info_json = json.dumps(info)
+
+    def _get_docs(self, body: pb.Request.AdminRequest, out: pb.Response.AdminResponse) -> None:
+        index = self.indexes.get(body.index_name)
+        ids = np.asarray(body.doc_ids, dtype=np.int64)
+        docs = index.get(ids)
+        vectors, found = index.store.get_vectors(ids) if body.return_embeddings else (None, None)
+        for row, (doc_id, doc) in enumerate(zip(ids.tolist(), docs, strict=True)):
+            if doc is None:
+                continue
+            item = out.docs.add(doc_id=doc_id, raw_text=doc[0], meta_json=doc[1], doc_type=pb.Document.TEXT)
+            if vectors is not None and found[row]:
+                item.embedding.CopyFrom(array_to_nd(vectors[row]))
+
+
+def _reachable_host(bind_host: str) -> str:
+    """The name other machines use to reach this shard: loopback stays loopback."""
+    if bind_host.startswith("127.") or bind_host == "localhost":
+        return bind_host
+    return socket.getfqdn()

@@ -26,6 +26,8 @@ class SocketType(enum.Enum):
     SUB_CONNECT = (zmq.SUB, False)
     PAIR_BIND = (zmq.PAIR, True)
     PAIR_CONNECT = (zmq.PAIR, False)
+    # No socket: a shard that clients reach only on its direct port (gnes launch).
+    NONE = (-1, False)
 
     @property
     def zmq_type(self) -> int:

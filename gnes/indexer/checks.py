@@ -1,74 +1,17 @@
-"""The indexer contract, the `Hit` it returns, and the input checks all indexers share.
+"""Input checks every write and search path shares.
 
-Every check runs before an indexer changes any state, so a rejected call leaves the
-index exactly as it was.
+Every check runs before anything changes state, so a rejected call leaves the index
+exactly as it was.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..component import Component
-
 # faiss labels are int64 and use -1 for "no result"; doc ids therefore live in [0, 2**63).
 MAX_DOC_ID = 2**63 - 1
-
-
-@dataclass(slots=True)
-class Hit:
-    doc_id: int
-    score: float
-    text: str
-    meta_json: str = ""
-
-
-class BaseIndexer(Component):
-    """Stores (doc_id, vector, text, meta_json) and returns the top-k documents per query.
-
-    Scores follow `metric`: "ip" is an inner product (bigger is more similar), "l2" is the
-    Euclidean distance (smaller is more similar); `is_big_score_similar` says which.
-    """
-
-    def start(self, data_dir: Path | None = None) -> None:
-        """Open the index: in memory only when `data_dir` is None, else load or create it there."""
-        super().start()
-
-    @property
-    def metric(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def is_big_score_similar(self) -> bool:
-        return self.metric == "ip"
-
-    @property
-    def dim(self) -> int:
-        raise NotImplementedError
-
-    def add(
-        self, doc_ids: np.ndarray, vectors: np.ndarray, texts: Sequence[str], metas: Sequence[str] | None = None
-    ) -> int:
-        """Store the documents, replacing any with the same id; return how many were stored."""
-        raise NotImplementedError
-
-    def search(self, queries: np.ndarray, top_k: int) -> list[list[Hit]]:
-        """Return, per query row, up to `top_k` hits sorted best first."""
-        raise NotImplementedError
-
-    def delete(self, doc_ids: np.ndarray | Sequence[int]) -> int:
-        """Remove the documents with these ids; return how many existed."""
-        raise NotImplementedError
-
-    def count(self) -> int:
-        raise NotImplementedError
-
-    def save(self) -> None:
-        """Persist to the data dir; nothing to do when in memory."""
-        raise NotImplementedError
 
 
 def check_doc_ids(doc_ids: np.ndarray | Sequence[int]) -> np.ndarray:

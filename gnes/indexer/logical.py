@@ -1,0 +1,285 @@
+"""One logical index on one shard: durable store + faiss vectors + metadata filter.
+
+Directory layout (one per index, per shard):
+    config.json            the IndexConfig, written once at creation
+    store/                 LMDB: documents, vectors, change log (the write-ahead log)
+    snapshot.json          {"seq": N, "faiss": ..., "slots": ...}: the last complete snapshot
+    snap-<N>.faiss/.npz    the faiss index and its slot arrays as of log sequence N
+Every file is written to a temporary name, fsynced and renamed, and snapshot.json is
+renamed last, so a crash at any point leaves the previous snapshot intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checks import check_doc_ids, check_strings, check_top_k, check_vectors, last_occurrence
+from .config import IndexConfig
+from .meta_filter import MetaFilter, parse_meta
+from .store import IndexStore
+from .vectors import TRAINED, VectorIndex
+
+log = logging.getLogger(__name__)
+CONFIG_FILE, SNAPSHOT_FILE, STORE_DIR = "config.json", "snapshot.json", "store"
+
+
+@dataclass(slots=True)
+class Hit:
+    doc_id: int
+    score: float
+    text: str
+    meta_json: str = ""
+    vector: np.ndarray | None = field(default=None, repr=False)
+
+
+class LogicalIndex:
+    """Open with `LogicalIndex.create(...)` or `LogicalIndex.open(...)`; `directory=None`
+    keeps everything in memory and a temporary directory (tests, benchmarks)."""
+
+    def __init__(self, name: str, config: IndexConfig, directory: Path | None) -> None:
+        self.name = name
+        self.config = config
+        self.directory = directory
+        store_path = directory / STORE_DIR if directory is not None else None
+        self.store = IndexStore(store_path, config.dim, sync=config.store_sync)
+        try:
+            self.vectors = VectorIndex(config)
+            self.filter = MetaFilter()
+            self._snapshot_seq = 0
+            self._recover()
+        except BaseException:
+            self.store.close()
+            raise
+
+    @classmethod
+    def create(cls, name: str, config: IndexConfig, directory: Path | None) -> LogicalIndex:
+        if directory is not None:
+            if (directory / CONFIG_FILE).exists():
+                raise FileExistsError(f"index {name!r} already exists in {directory}")
+            directory.mkdir(parents=True, exist_ok=True)
+            _write_atomic(directory / CONFIG_FILE, config.to_json().encode())
+        return cls(name, config, directory)
+
+    @classmethod
+    def open(cls, name: str, directory: Path) -> LogicalIndex:
+        config = IndexConfig.from_json((directory / CONFIG_FILE).read_text())
+        return cls(name, config, directory)
+
+    # ---- recovery ----------------------------------------------------------------------
+    def _recover(self) -> None:
+        """Load the last snapshot, then replay every id the log touched after it."""
+        snapshot = self._read_snapshot()
+        if snapshot is None:
+            for ids, vectors in self.store.iter_vectors():
+                self.vectors.add(ids, vectors)
+            return
+        index, arrays, seq = snapshot
+        self.vectors.restore(index, arrays)
+        self._snapshot_seq = seq
+        touched = self.store.touched_since(seq)
+        if len(touched):
+            self.vectors.remove(touched)
+            found_vectors, found = self.store.get_vectors(touched)
+            self.vectors.add(touched[found], found_vectors[found])
+            log.info("index %s: replayed %d ids written after snapshot %d", self.name, len(touched), seq)
+
+    def _read_snapshot(self) -> tuple[Any, dict[str, np.ndarray], int] | None:
+        if self.directory is None or not (self.directory / SNAPSHOT_FILE).exists():
+            return None
+        info = json.loads((self.directory / SNAPSHOT_FILE).read_text())
+        index = self.vectors.faiss.read_index(str(self.directory / info["faiss"]))
+        with np.load(self.directory / info["slots"], allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        return index, arrays, int(info["seq"])
+
+    # ---- writes ------------------------------------------------------------------------
+    def add(
+        self,
+        ids: np.ndarray | Sequence[int],
+        vectors: np.ndarray,
+        texts: Sequence[str] | None = None,
+        metas: Sequence[str] | None = None,
+    ) -> int:
+        """Store or replace documents; durable (fsynced) when this returns. Returns the count."""
+        id_array = check_doc_ids(np.asarray(ids))
+        vectors = check_vectors(vectors, self.config.dim)
+        if len(vectors) != len(id_array):
+            raise ValueError(f"got {len(id_array)} ids but {len(vectors)} vectors")
+        text_list = [""] * len(id_array) if texts is None else check_strings(texts, len(id_array), "texts")
+        meta_list = [""] * len(id_array) if metas is None else check_strings(metas, len(id_array), "metas")
+        parsed = [parse_meta(meta) for meta in meta_list]  # rejects bad metadata before any write
+        if len(id_array) == 0:
+            return 0
+        keep = last_occurrence(id_array)
+        if len(keep) < len(id_array):
+            id_array, vectors = id_array[keep], vectors[keep]
+            text_list, meta_list = [text_list[i] for i in keep], [meta_list[i] for i in keep]
+            parsed = [parsed[i] for i in keep]
+        self.store.put(id_array, vectors, text_list, meta_list)
+        self.vectors.add(id_array, vectors)
+        self.filter.update(id_array.tolist(), parsed)
+        return len(id_array)
+
+    def delete(self, ids: np.ndarray | Sequence[int]) -> int:
+        _, existed = self.store.delete(np.asarray(ids))
+        self.vectors.remove(existed)
+        self.filter.remove(existed.tolist())
+        return len(existed)
+
+    # ---- reads -------------------------------------------------------------------------
+    def search(
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        filter_field: str = "",
+        filter_value_json: str = "",
+        return_vectors: bool = False,
+    ) -> list[list[Hit]]:
+        queries = check_vectors(queries, self.config.dim, "queries")
+        top_k = check_top_k(top_k)
+        if filter_field:
+            scores, ids = self._filtered_search(queries, top_k, nprobe, ef_search, filter_field, filter_value_json)
+        else:
+            scores, ids = self.vectors.search(queries, top_k, nprobe, ef_search)
+        found = np.unique(ids[ids >= 0])
+        docs = dict(zip(found.tolist(), self.store.get_docs(found), strict=True))
+        stored: dict[int, np.ndarray] = {}
+        if return_vectors and len(found):
+            rows, _ = self.store.get_vectors(found)
+            stored = dict(zip(found.tolist(), rows, strict=True))
+        results = []
+        for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True):
+            hits = []
+            for score, doc_id in zip(row_scores, row_ids, strict=True):
+                doc = docs.get(doc_id)
+                if doc is not None:
+                    hits.append(Hit(doc_id, score, doc[0], doc[1], stored.get(doc_id)))
+            results.append(hits)
+        return results
+
+    def _filtered_search(
+        self, queries: np.ndarray, k: int, nprobe: int | None, ef_search: int | None, field: str, value_json: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """faiss searches only the matching slots; where an approximate index finds fewer
+        than k of them (a selective filter, few IVF lists probed), the matching vectors are
+        scored exactly instead, so a result holds k hits whenever k documents match."""
+        allowed_ids = self.filter.ids(field, value_json, self.store.iter_metas())
+        slots = self.vectors.slots_of(allowed_ids)
+        want = min(k, len(slots))
+        scores, ids = self.vectors.search(queries, k, nprobe, ef_search, allowed=slots)
+        if want == 0 or ((ids >= 0).sum(axis=1) >= want).all():
+            return scores, ids
+        vectors, found = self.store.get_vectors(allowed_ids)
+        return _exact_top_k(queries, vectors[found], allowed_ids[found], want, self.config.metric)
+
+    def get(self, ids: Sequence[int] | np.ndarray) -> list[tuple[str, str] | None]:
+        return self.store.get_docs(np.asarray(ids, dtype=np.int64))
+
+    def count(self) -> int:
+        return len(self.vectors)
+
+    def state(self) -> dict[str, Any]:
+        v = self.vectors
+        return {
+            "name": self.name,
+            "state": v.state,
+            "count": len(v),
+            "train_target": v.train_target,
+            "error": v.last_error,
+            "config": self.config.to_dict(),
+        }
+
+    # ---- training and snapshots --------------------------------------------------------
+    def train_now(self) -> bool:
+        return self.vectors.start_training(self.config.train_ratio)
+
+    def poll(self) -> None:
+        """Called often by the owner: swaps in a finished background training, then saves it
+        so that a restart does not train again."""
+        if self.vectors.poll():
+            self.save()
+
+    def save(self) -> None:
+        """Write a snapshot if anything changed since the last one (trained indexes only:
+        until then the store alone rebuilds the exact buffer)."""
+        if self.directory is None or self.store.last_seq == self._snapshot_seq:
+            return
+        snapshot = self.vectors.snapshot()
+        if snapshot is None:
+            return
+        index, arrays = snapshot
+        seq = self.store.last_seq
+        faiss_name, slots_name = f"snap-{seq}.faiss", f"snap-{seq}.npz"
+        tmp = self.directory / f".{faiss_name}.tmp"
+        self.vectors.faiss.write_index(index, str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, self.directory / faiss_name)
+        tmp = self.directory / f".{slots_name}.tmp"
+        with open(tmp, "wb") as out:
+            np.savez(out, **arrays)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.directory / slots_name)
+        info = {"seq": seq, "faiss": faiss_name, "slots": slots_name, "state": TRAINED}
+        _write_atomic(self.directory / SNAPSHOT_FILE, json.dumps(info).encode())
+        for old in self.directory.glob("snap-*"):
+            if old.name not in (faiss_name, slots_name):
+                old.unlink(missing_ok=True)
+        self._snapshot_seq = seq
+        self.store.prune_log(seq)
+
+    def close(self, save: bool = True) -> None:
+        try:
+            self.vectors.poll()
+            if save:
+                self.save()
+        finally:
+            self.vectors.close()
+            self.store.close()
+
+    def drop(self) -> None:
+        self.close(save=False)
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _exact_top_k(
+    queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if metric == "ip":
+        scores = queries @ vectors.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    else:
+        squared = (queries**2).sum(1)[:, None] - 2 * queries @ vectors.T + (vectors**2).sum(1)[None, :]
+        scores = np.sqrt(np.maximum(squared, 0.0))
+        order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1).astype(np.float32), ids[order]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
