@@ -1,0 +1,423 @@
+"""IndexClient: vectors in, ranked ids and metadata out, straight to the index shards.
+
+As in distributed faiss, coordination is on the client side: the client knows every
+shard (a discovery file or a list of addresses), places each document on shard
+`doc_id % num_shards` (consecutive ids spread round-robin, and an update or delete finds
+the one shard that holds the document), sends a query batch to all shards at once and
+merges their top-k lists. Many clients may work against the same shards at once.
+Messages are protobuf only; nothing is pickled.
+
+A client owns ZeroMQ sockets, so it belongs to the thread that created it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ..cluster.discovery import parse_addresses, read_discovery
+from ..indexer.config import IndexConfig
+from ..proto import array_to_nd, nd_to_array, pb
+from ..service.message import body_type_of, parse_frames
+
+Admin = pb.Request.AdminRequest
+_QUERY_CHUNK = 1024  # queries per request: bounds one message's size
+
+
+class IndexClientError(RuntimeError):
+    """A shard answered with an error or did not answer in time; the message says which and why."""
+
+
+@dataclass
+class SearchResult:
+    scores: np.ndarray  # float32 [q, k]; padded with NaN where fewer than k were found
+    ids: np.ndarray  # int64 [q, k]; padded with -1
+    metas: list[list[dict[str, Any]]]
+    texts: list[list[str]]
+    embeddings: np.ndarray | None = None  # float32 [q, k, d] when asked for
+
+
+class IndexClient:
+    def __init__(
+        self,
+        discovery: str | Path | None = None,
+        addresses: str | Sequence[str] | None = None,
+        timeout: float = 120.0,
+        discovery_timeout: float = 60.0,
+    ) -> None:
+        if (discovery is None) == (addresses is None):
+            raise ValueError("give a discovery file or shard addresses (host:port,...), not both or neither")
+        if discovery is not None:
+            self.shards = read_discovery(discovery, timeout=discovery_timeout)
+        else:
+            spec = addresses if isinstance(addresses, str) else ",".join(addresses or ())
+            self.shards = parse_addresses(spec)
+        if not self.shards:
+            raise ValueError("no shards to connect to")
+        self.timeout = timeout
+        self._ctx = zmq.Context()
+        self._socks: list[zmq.Socket] = []
+        self._poller = zmq.Poller()
+        for shard in self.shards:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)  # nothing unanswered is worth waiting for at close
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.RCVHWM, 1000)
+            sock.connect(shard.endpoint)
+            self._socks.append(sock)
+            self._poller.register(sock, zmq.POLLIN)
+        self._client_id = f"index-client-{uuid.uuid4().hex[:8]}"
+        self._request_id = 0
+        self._auto_id = secrets.randbits(40) << 20  # ids for callers that give none
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    # ---- transport ---------------------------------------------------------------------
+    def _send(self, shard: int, request: pb.Request) -> int:
+        self._request_id = (self._request_id + 1) & 0xFFFFFFFF
+        request.request_id = self._request_id
+        envelope = pb.Envelope(client_id=self._client_id, request_id=self._request_id)
+        envelope.body_type = body_type_of(request)
+        self._socks[shard].send_multipart([envelope.SerializeToString(), request.SerializeToString()])
+        return self._request_id
+
+    def _receive(self, waiting: dict[int, int]) -> Iterator[tuple[int, pb.Response]]:
+        """Yield (request id, response) as they arrive, until every id in `waiting`
+        (request id -> shard) is answered; raise if a shard fails or is silent too long."""
+        deadline = time.monotonic() + self.timeout
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = sorted({self._describe(shard) for shard in waiting.values()})
+                raise IndexClientError(f"no answer within {self.timeout:g} s from {', '.join(missing)}")
+            for sock, _ in self._poller.poll(int(left * 1000) + 1):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    packet = parse_frames(frames)
+                    rid = packet.envelope.request_id
+                    if rid not in waiting:
+                        continue  # the late answer of a request that already timed out
+                    shard = waiting.pop(rid)
+                    response = packet.response()
+                    kind = response.WhichOneof("body")
+                    if kind is None or getattr(response, kind).status == pb.Response.ERROR:
+                        raise IndexClientError(f"{self._describe(shard)}: {response.error or 'failed'}")
+                    yield rid, response
+
+    def _call_all(self, make: Any, shards: Iterable[int] | None = None) -> list[pb.Response]:
+        """Send `make(shard)` to each shard (None: skip it) and return the answers in shard order."""
+        waiting: dict[int, int] = {}
+        for shard in range(self.num_shards) if shards is None else shards:
+            request = make(shard)
+            if request is not None:
+                waiting[self._send(shard, request)] = shard
+        order = dict(waiting)
+        answers = dict(self._receive(waiting))
+        return [answers[rid] for rid in sorted(order, key=lambda r: order[r])]
+
+    def _admin(self, command: int, name: str = "", **fields: Any) -> list[dict[str, Any]]:
+        def make(_: int) -> pb.Request:
+            request = pb.Request()
+            request.admin.command = command
+            request.admin.index_name = name
+            for key, value in fields.items():
+                if isinstance(value, list):
+                    getattr(request.admin, key).extend(value)
+                else:
+                    setattr(request.admin, key, value)
+            return request
+
+        return [json.loads(r.admin.info_json or "{}") for r in self._call_all(make)]
+
+    def _describe(self, shard: int) -> str:
+        address = self.shards[shard]
+        return f"shard {address.rank} ({address.host}:{address.port})"
+
+    # ---- indexes -----------------------------------------------------------------------
+    def create_index(self, name: str, config: dict[str, Any] | IndexConfig, exist_ok: bool = False) -> None:
+        if not isinstance(config, IndexConfig):
+            config = IndexConfig.from_dict(config)  # a bad config fails here, before any shard
+        self._admin(Admin.CREATE, name, config_json=config.to_json(), exist_ok=exist_ok)
+
+    def drop_index(self, name: str) -> None:
+        self._admin(Admin.DROP, name)
+
+    def list_indexes(self) -> list[str]:
+        return sorted({n for info in self._admin(Admin.LIST) for n in info["indexes"]})
+
+    def state(self, name: str) -> dict[str, Any]:
+        shards = [info["indexes"][name] for info in self._admin(Admin.STATS, name)]
+        states = {s["state"] for s in shards}
+        if len(states) == 1:
+            overall = states.pop()
+        elif states & {"training", "adding"}:
+            overall = "training" if "training" in states or "not_trained" in states else "adding"
+        else:
+            overall = "not_trained"
+        errors = [s["error"] for s in shards if s.get("error")]
+        return {"state": overall, "count": sum(s["count"] for s in shards), "errors": errors, "shards": shards}
+
+    def wait_trained(self, name: str, timeout: float = 600.0, interval: float = 0.2) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state(name)
+            if state["state"] == "trained":
+                return state
+            if state["errors"]:
+                raise IndexClientError(f"index {name!r}: {'; '.join(state['errors'])}")
+            if time.monotonic() > deadline:
+                raise IndexClientError(f"index {name!r} is still {state['state']} after {timeout:g} s")
+            time.sleep(interval)
+
+    def count(self, name: str) -> int:
+        return sum(self.count_per_shard(name))
+
+    def count_per_shard(self, name: str) -> list[int]:
+        return [info["indexes"][name]["count"] for info in self._admin(Admin.STATS, name)]
+
+    def train(self, name: str) -> None:
+        """Start training now (trained types; with train_ratio this is the only trigger)."""
+        self._admin(Admin.TRAIN_NOW, name)
+
+    def save(self, name: str = "") -> None:
+        """Snapshot now (every index when name is empty). Writes are durable without it."""
+        self._admin(Admin.SAVE, name)
+
+    def load(self, name: str) -> None:
+        """Re-open the index on every shard from its directory: last snapshot plus log."""
+        self._admin(Admin.LOAD, name)
+
+    # ---- documents ---------------------------------------------------------------------
+    def add(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        ids: np.ndarray | Sequence[int] | None = None,
+        metas: Sequence[dict[str, Any] | None] | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Store (or replace) documents; every one is durable when this returns. Returns the ids."""
+        ids = self._ids_for(len(vectors), ids)
+        for _ in self.add_stream(name, [(vectors, ids, metas, texts)]):
+            pass
+        return ids
+
+    def add_stream(self, name: str, batches: Iterable[tuple[Any, ...]], max_in_flight: int = 8) -> Iterator[int]:
+        """Pipelined add of (vectors, ids | None, metas | None[, texts]) batches, up to
+        `max_in_flight` batches awaiting their acknowledgement; yields each batch's count
+        once every shard has made its part durable, in the order the batches were given."""
+        pending: list[tuple[set[int], int]] = []  # per batch: request ids still open, size
+        waiting: dict[int, int] = {}  # request id -> shard
+        for batch in batches:
+            vectors, ids, metas, texts = (*batch, None, None, None)[:4]
+            vectors = np.asarray(vectors)
+            ids = self._ids_for(len(vectors), ids)
+            open_ids = set()
+            for shard, request in self._index_requests(name, vectors, ids, metas, texts):
+                rid = self._send(shard, request)
+                waiting[rid] = shard
+                open_ids.add(rid)
+            pending.append((open_ids, len(ids)))
+            while len(pending) >= max_in_flight:
+                yield from self._settle(pending, waiting)
+            while pending and not pending[0][0]:
+                yield pending.pop(0)[1]
+        while pending:
+            yield from self._settle(pending, waiting)
+
+    def _settle(self, pending: list[tuple[set[int], int]], waiting: dict[int, int]) -> Iterator[int]:
+        """Wait for at least one answer, then yield the counts of finished leading batches."""
+        if pending[0][0]:
+            rid, _ = next(self._receive_one(waiting))
+            for open_ids, _ in pending:
+                open_ids.discard(rid)
+        while pending and not pending[0][0]:
+            yield pending.pop(0)[1]
+
+    def _receive_one(self, waiting: dict[int, int]) -> Iterator[tuple[int, pb.Response]]:
+        subset = dict(waiting)
+        for rid, response in self._receive(subset):
+            waiting.pop(rid, None)
+            yield rid, response
+            return
+
+    def _ids_for(self, n: int, ids: np.ndarray | Sequence[int] | None) -> np.ndarray:
+        if ids is None:
+            ids = np.arange(self._auto_id, self._auto_id + n, dtype=np.int64)
+            self._auto_id += n
+            return ids
+        ids = np.asarray(ids)
+        if ids.shape != (n,):
+            raise ValueError(f"got {n} vectors but ids of shape {ids.shape}")
+        if ids.dtype.kind not in "iu" or (n and int(ids.min()) < 0):
+            raise ValueError("ids must be non-negative integers")
+        return ids.astype(np.int64)
+
+    def _index_requests(
+        self, name: str, vectors: np.ndarray, ids: np.ndarray, metas: Any, texts: Any
+    ) -> list[tuple[int, pb.Request]]:
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be a 2-D array [n, dim], got shape {vectors.shape}")
+        if metas is not None and len(metas) != len(ids):
+            raise ValueError(f"got {len(ids)} vectors but {len(metas)} metadata entries")
+        if texts is not None and len(texts) != len(ids):
+            raise ValueError(f"got {len(ids)} vectors but {len(texts)} texts")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        placement = ids % self.num_shards
+        parts = []
+        for shard in range(self.num_shards):
+            rows = np.flatnonzero(placement == shard)
+            if len(rows) == 0:
+                continue
+            request = pb.Request()
+            body = request.index
+            body.index_name = name
+            body.embeddings.CopyFrom(array_to_nd(vectors[rows]))
+            for row in rows.tolist():
+                doc = body.docs.add(doc_id=int(ids[row]))
+                if texts is not None and texts[row]:
+                    doc.raw_text = texts[row]
+                if metas is not None and metas[row] is not None:
+                    doc.meta_json = json.dumps(metas[row])
+            parts.append((shard, request))
+        return parts
+
+    def delete(self, name: str, ids: np.ndarray | Sequence[int]) -> int:
+        """Delete by id on every shard (documents indexed through the pipeline may sit anywhere)."""
+        id_list = [int(i) for i in np.asarray(ids).tolist()]
+        return sum(info["deleted"] for info in self._admin(Admin.DELETE_DOCS, name, doc_ids=id_list))
+
+    def get(self, name: str, ids: np.ndarray | Sequence[int], return_embeddings: bool = False) -> list[dict | None]:
+        """Per id: {"id", "text", "meta"[, "embedding"]}, or None where no shard holds it."""
+        id_list = [int(i) for i in np.asarray(ids).tolist()]
+
+        def make(_: int) -> pb.Request:
+            request = pb.Request()
+            request.admin.command = Admin.GET_DOCS
+            request.admin.index_name = name
+            request.admin.doc_ids.extend(id_list)
+            request.admin.return_embeddings = return_embeddings
+            return request
+
+        found: dict[int, dict[str, Any]] = {}
+        for response in self._call_all(make):
+            for doc in response.admin.docs:
+                item: dict[str, Any] = {"id": doc.doc_id, "text": doc.raw_text, "meta": _meta(doc.meta_json)}
+                if return_embeddings:
+                    item["embedding"] = nd_to_array(doc.embedding)
+                found[doc.doc_id] = item
+        return [found.get(i) for i in id_list]
+
+    # ---- search ------------------------------------------------------------------------
+    def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        top_k: int = 10,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        filter: dict[str, Any] | None = None,  # noqa: A002 - the natural name for callers
+        return_embeddings: bool = False,
+    ) -> SearchResult:
+        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        if filter is not None and len(filter) != 1:
+            raise ValueError('filter takes one field: {"field": value}')
+        chunks = [
+            self._search_chunk(name, queries[i : i + _QUERY_CHUNK], top_k, nprobe, ef_search, filter, return_embeddings)
+            for i in range(0, len(queries), _QUERY_CHUNK)
+        ]
+        if len(chunks) == 1:
+            return chunks[0]
+        embeddings = [c.embeddings for c in chunks]
+        return SearchResult(
+            np.concatenate([c.scores for c in chunks]),
+            np.concatenate([c.ids for c in chunks]),
+            [m for c in chunks for m in c.metas],
+            [t for c in chunks for t in c.texts],
+            np.concatenate(embeddings) if return_embeddings else None,  # type: ignore[arg-type]
+        )
+
+    def _search_chunk(
+        self,
+        name: str,
+        queries: np.ndarray,
+        top_k: int,
+        nprobe: int | None,
+        ef_search: int | None,
+        filter: dict[str, Any] | None,  # noqa: A002
+        return_embeddings: bool,
+    ) -> SearchResult:
+        def make(_: int) -> pb.Request:
+            request = pb.Request()
+            body = request.search
+            body.index_name = name
+            body.top_k = top_k
+            body.embedding.CopyFrom(array_to_nd(queries))
+            body.nprobe = nprobe or 0
+            body.ef_search = ef_search or 0
+            body.return_embeddings = return_embeddings
+            if filter:
+                ((field, value),) = filter.items()
+                body.filter_field = field
+                body.filter_value_json = json.dumps(value)
+            return request
+
+        responses = self._call_all(make)
+        bigger_is_better = responses[0].search.is_big_score_similar
+        q = len(queries)
+        scores = np.full((q, top_k), np.nan, dtype=np.float32)
+        ids = np.full((q, top_k), -1, dtype=np.int64)
+        metas: list[list[dict[str, Any]]] = []
+        texts: list[list[str]] = []
+        embeddings = np.zeros((q, top_k, queries.shape[1]), dtype=np.float32) if return_embeddings else None
+        per_query: list[list[Any]] = [[] for _ in range(q)]
+        for response in responses:
+            results = iter(response.search.topk_results)
+            for row, n in enumerate(response.search.result_counts):
+                for _ in range(n):
+                    per_query[row].append(next(results))
+        for row, candidates in enumerate(per_query):
+            # One heap-free merge: each shard's list is sorted; k is small.
+            candidates.sort(key=lambda r: r.score.value, reverse=bigger_is_better)
+            best = candidates[:top_k]
+            scores[row, : len(best)] = [r.score.value for r in best]
+            ids[row, : len(best)] = [r.doc.doc_id for r in best]
+            metas.append([_meta(r.doc.meta_json) for r in best])
+            texts.append([r.doc.raw_text for r in best])
+            if embeddings is not None:
+                for col, r in enumerate(best):
+                    embeddings[row, col] = nd_to_array(r.doc.embedding)
+        return SearchResult(scores, ids, metas, texts, embeddings)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
+        self._ctx.term()
+
+    def __enter__(self) -> IndexClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _meta(meta_json: str) -> dict[str, Any]:
+    return json.loads(meta_json) if meta_json else {}
