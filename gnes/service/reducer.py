@@ -144,6 +144,8 @@ def merge_parts(parts: list[Packet], expected: int) -> Packet:
     elif body_type == BodyType.ADMIN:
         merged.admin.status = _status(responses, "admin")
         merged.admin.info_json = json.dumps({"shards": _flatten_infos(r.admin.info_json for r in responses)})
+        for response in responses:
+            merged.admin.docs.extend(response.admin.docs)
     elif body_type == BodyType.TRAIN:
         merged.train.status = _status(responses, "train")
     else:
