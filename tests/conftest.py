@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,3 +204,64 @@ def stack_overrides(**extra: str) -> dict[str, str]:
     overrides = dict(zip(STACK_PORT_VARIABLES, map(str, free_ports(len(STACK_PORT_VARIABLES))), strict=True))
     overrides.update(extra)
     return overrides
+
+
+class ShardProcesses:
+    """Index shards as real `gnes index` processes reachable on direct ports; restartable."""
+
+    def __init__(self, root: Path, n: int, save_interval: float = 0.0) -> None:
+        self.root = root
+        self.ports = free_ports(n)
+        self.save_interval = save_interval
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    def start(self, i: int) -> None:
+        cmd = [sys.executable, "-m", "gnes", "index", "--socket_in", "NONE", "--socket_out", "NONE"]
+        cmd += ["--port_direct", str(self.ports[i]), "--dump_path", str(self.root / f"shard-{i}")]
+        cmd += ["--name", f"shard-{i}", "--save_interval", str(self.save_interval)]
+        log = open(self.root / f"shard-{i}.log", "ab")  # noqa: SIM115 - kept open for the child
+        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self.procs[i] = None
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for i, proc in enumerate(self.procs):
+            if proc is not None:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.kill(i)
+        self.procs = [None] * len(self.procs)
+
+
+@pytest.fixture
+def shard_processes(tmp_path: Path) -> Iterator[Callable[..., ShardProcesses]]:
+    """Factory: `shard_processes(n, save_interval=0)` starts n shards; all are stopped at the end."""
+    started: list[ShardProcesses] = []
+
+    def start(n: int, save_interval: float = 0.0) -> ShardProcesses:
+        shards = ShardProcesses(tmp_path / f"shards{len(started)}", n, save_interval)
+        shards.root.mkdir(parents=True)
+        started.append(shards)
+        for i in range(n):
+            shards.start(i)
+        return shards
+
+    try:
+        yield start
+    finally:
+        for shards in started:
+            shards.stop_all()

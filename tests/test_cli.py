@@ -16,7 +16,9 @@ from gnes.indexer.config import IndexConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", ["proxy", "encode", "index", "frontend", "client", "healthcheck", "stack"])
+@pytest.mark.parametrize(
+    "command", ["proxy", "encode", "index", "frontend", "client", "healthcheck", "stack", "launch", "load"]
+)
 def test_every_command_documents_its_flags(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([command, "--help"])
