@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
-    "command", ["proxy", "encode", "index", "frontend", "client", "healthcheck", "stack", "launch", "load"]
+    "command", ["proxy", "encode", "index", "frontend", "client", "healthcheck", "stack", "launch", "load", "indexes"]
 )
 def test_every_command_documents_its_flags(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:

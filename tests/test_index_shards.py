@@ -176,3 +176,27 @@ def test_logical_indexes_through_the_grpc_pipeline(hash_pipeline) -> None:
         client.admin(pb.Request.AdminRequest.DROP, index_name="news")
         query.request_id = 9
         assert "no index named 'news'" in client.call(query).error
+
+
+def test_the_cli_manages_indexes(shard_processes, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    shards = shard_processes(2)
+    config = tmp_path / "ivf.yml"
+    config.write_text("dim: 8\nmetric: l2\nindex_type: ivf_flat\nnlist: 4\ntrain_num: 200\n")
+
+    def gnes(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "gnes", "indexes", *args, "--shards", shards.addresses]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    assert gnes("create", "v", "--config", str(config)).returncode == 0
+    assert gnes("list").stdout.split() == ["v"]
+    with IndexClient(addresses=shards.addresses) as client:
+        client.add("v", _vectors(100)[:, :8], ids=np.arange(100))
+    assert gnes("count", "v").stdout.startswith("100 documents; per shard: 50 50")
+    assert json.loads(gnes("state", "v").stdout)["state"] == "not_trained"
+    assert gnes("train", "v").returncode == 0
+    bad = gnes("create", "w", "--config", '{"dim": 8, "index_type": "nope"}')
+    assert bad.returncode == 1 and "index_type must be one of" in bad.stderr
+    assert gnes("drop", "v").returncode == 0 and gnes("list").stdout.strip() == ""

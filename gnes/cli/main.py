@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from .load import run as run_load
 
         return run_load(args)
+    if args.command == "indexes":
+        from .indexes import run as run_indexes
+
+        return run_indexes(args)
     if args.command == "launch":
         from ..cluster.cli import run as run_launch
 

@@ -120,4 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .load import add_parser as add_load_parser
 
     add_load_parser(sub)
+    from .indexes import add_parser as add_indexes_parser
+
+    add_indexes_parser(sub)
     return parser
