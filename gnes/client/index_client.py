@@ -219,9 +219,26 @@ class IndexClient:
     def add_stream(self, name: str, batches: Iterable[tuple[Any, ...]], max_in_flight: int = 8) -> Iterator[int]:
         """Pipelined add of (vectors, ids | None, metas | None[, texts]) batches, up to
         `max_in_flight` batches awaiting their acknowledgement; yields each batch's count
-        once every shard has made its part durable, in the order the batches were given."""
+        once every shard has made its part durable, in the order the batches were given.
+        Give ids to refer to the documents later; without them fresh ids are drawn."""
         pending: list[tuple[set[int], int]] = []  # per batch: request ids still open, size
         waiting: dict[int, int] = {}  # request id -> shard
+        try:
+            yield from self._send_batches(name, batches, max_in_flight, pending, waiting)
+        finally:
+            # Even when the caller's iterator fails, what was sent is waited for, so each
+            # count yielded so far is exactly what is durable.
+            while pending:
+                yield from self._settle(pending, waiting)
+
+    def _send_batches(
+        self,
+        name: str,
+        batches: Iterable[tuple[Any, ...]],
+        max_in_flight: int,
+        pending: list[tuple[set[int], int]],
+        waiting: dict[int, int],
+    ) -> Iterator[int]:
         for batch in batches:
             vectors, ids, metas, texts = (*batch, None, None, None)[:4]
             vectors = np.asarray(vectors)
@@ -236,8 +253,6 @@ class IndexClient:
                 yield from self._settle(pending, waiting)
             while pending and not pending[0][0]:
                 yield pending.pop(0)[1]
-        while pending:
-            yield from self._settle(pending, waiting)
 
     def _settle(self, pending: list[tuple[set[int], int]], waiting: dict[int, int]) -> Iterator[int]:
         """Wait for at least one answer, then yield the counts of finished leading batches."""

@@ -62,12 +62,18 @@ class LogicalIndex:
 
     @classmethod
     def create(cls, name: str, config: IndexConfig, directory: Path | None) -> LogicalIndex:
-        if directory is not None:
-            if (directory / CONFIG_FILE).exists():
-                raise FileExistsError(f"index {name!r} already exists in {directory}")
-            directory.mkdir(parents=True, exist_ok=True)
+        if directory is None:
+            return cls(name, config, directory)
+        if (directory / CONFIG_FILE).exists():
+            raise ValueError(f"index {name!r} already exists in {directory}")
+        VectorIndex(config)  # faiss checks the configuration before anything is written
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
             _write_atomic(directory / CONFIG_FILE, config.to_json().encode())
-        return cls(name, config, directory)
+            return cls(name, config, directory)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)  # a half-created index must not block a restart
+            raise
 
     @classmethod
     def open(cls, name: str, directory: Path) -> LogicalIndex:
@@ -203,6 +209,11 @@ class LogicalIndex:
     # ---- training and snapshots --------------------------------------------------------
     def train_now(self) -> bool:
         return self.vectors.start_training(self.config.train_ratio)
+
+    def wait_training(self, timeout: float | None = None) -> None:
+        """Block until a background training has ended and its index is swapped in and saved."""
+        self.vectors.wait_training(timeout)
+        self.poll()
 
     def poll(self) -> None:
         """Called often by the owner: swaps in a finished background training, then saves it

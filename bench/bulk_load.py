@@ -1,0 +1,133 @@
+"""Bulk-load rate into sharded flat indexes, beside faiss IndexFlatL2.add in one process.
+
+Why: `gnes load` is for loading millions of precomputed vectors; this shows what the network,
+the protobuf messages and the shards' bookkeeping cost on top of faiss's own add, which for
+a flat index is little more than a memory copy, so the ratio is an upper bound on overhead.
+
+Data: the 60,000 Fashion-MNIST training images (784 dims), repeated --repeat times with a
+small offset so that every vector differs, written to a temporary .npy file (float32) and a
+raw float16 file. Each gnes run loads a fresh flat L2 index into N shard processes (default 2):
+
+- `gnes load` as a subprocess (what a user runs; its own printed rate, excluding start-up),
+  float32 .npy and float16 raw;
+- the same with `store_sync: false` in the index configuration (no fsync per write);
+- IndexClient.add_stream called in this process with the same batches;
+- faiss IndexFlatL2.add in this process, batch by batch from the same memory-mapped file.
+
+    python bench/bulk_load.py [--shards 2] [--repeat 2] [--batch_size 10000] [--max_in_flight 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from fashion_mnist import load_fashion_mnist
+from recall import REPO, LocalShards
+
+_RATE = re.compile(r"loaded (\d+) vectors in ([\d.]+) s \((\d+) vectors/s\)")
+
+
+def write_inputs(workdir: Path, repeat: int) -> tuple[Path, Path, int, int]:
+    """The data as float32 .npy and float16 raw files; returns (npy, f16, rows, dim)."""
+    train, _ = load_fashion_mnist()
+    rows, dim = len(train) * repeat, train.shape[1]
+    npy = workdir / "vectors.npy"
+    out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(rows, dim))
+    for r in range(repeat):
+        out[r * len(train) : (r + 1) * len(train)] = train + np.float32(r * 1e-3)
+    out.flush()
+    f16 = workdir / "vectors.f16"
+    with f16.open("wb") as f:
+        for start in range(0, rows, 10000):
+            f.write(np.asarray(out[start : start + 10000], dtype=np.float16).tobytes())
+    del out
+    return npy, f16, rows, dim
+
+
+def faiss_rate(npy: Path, batch_size: int) -> float:
+    import faiss
+
+    vectors = np.load(npy, mmap_mode="r")
+    index = faiss.IndexFlatL2(vectors.shape[1])
+    started = time.perf_counter()
+    for start in range(0, len(vectors), batch_size):
+        index.add(np.ascontiguousarray(vectors[start : start + batch_size]))
+    elapsed = time.perf_counter() - started
+    assert index.ntotal == len(vectors)
+    return len(vectors) / elapsed
+
+
+def gnes_load_rate(shards: LocalShards, name: str, config: Path, args: argparse.Namespace, *files: str) -> float:
+    cmd = [sys.executable, "-m", "gnes", "load", *files, "--index", name, "--create", str(config), "--quiet"]
+    cmd += ["--shards", shards.addresses, "--batch_size", str(args.batch_size)]
+    cmd += ["--max_in_flight", str(args.max_in_flight)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
+    match = _RATE.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError(f"gnes load failed ({result.returncode}): {result.stdout}{result.stderr}")
+    return float(match.group(1)) / float(match.group(2))
+
+
+def add_stream_rate(client: object, name: str, npy: Path, dim: int, args: argparse.Namespace) -> float:
+    vectors = np.load(npy, mmap_mode="r")
+    client.create_index(name, {"dim": dim, "metric": "l2", "index_type": "flat"})  # type: ignore[attr-defined]
+    batches = (
+        (np.ascontiguousarray(vectors[s : s + args.batch_size]), None, None)
+        for s in range(0, len(vectors), args.batch_size)
+    )
+    started = time.perf_counter()
+    loaded = sum(client.add_stream(name, batches, max_in_flight=args.max_in_flight))  # type: ignore[attr-defined]
+    elapsed = time.perf_counter() - started
+    assert loaded == len(vectors), (loaded, len(vectors))
+    return loaded / elapsed
+
+
+def report(label: str, rate: float, base: float) -> None:
+    print(f"{label:<38} {rate:>12,.0f} vectors/s   {rate / base:.4f} of faiss", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=2, help="shard processes")
+    parser.add_argument("--repeat", type=int, default=2, help="copies of the 60,000 training images")
+    parser.add_argument("--batch_size", type=int, default=10000, help="vectors per request")
+    parser.add_argument("--max_in_flight", type=int, default=8, help="requests in flight")
+    args = parser.parse_args()
+
+    from gnes.client import IndexClient
+
+    with tempfile.TemporaryDirectory(prefix="gnes-bulk-") as tmp:
+        workdir = Path(tmp)
+        npy, f16, rows, dim = write_inputs(workdir, args.repeat)
+        config = workdir / "flat.json"
+        config.write_text(json.dumps({"dim": dim, "metric": "l2", "index_type": "flat"}))
+        no_sync = workdir / "flat-nosync.json"
+        no_sync.write_text(json.dumps({"dim": dim, "metric": "l2", "index_type": "flat", "store_sync": False}))
+        print(f"{rows} vectors of dim {dim}, batches of {args.batch_size}, {args.shards} shards")
+        base = faiss_rate(npy, args.batch_size)
+        print(f"{'faiss IndexFlatL2.add, one process':<38} {base:>12,.0f} vectors/s")
+        with LocalShards(args.shards, workdir) as shards, IndexClient(addresses=shards.addresses) as client:
+            loads = [
+                ("f32", "gnes load, float32 .npy", config, [str(npy)]),
+                ("f16", "gnes load, float16 raw", config, [str(f16), "--dim", str(dim), "--dtype", "float16"]),
+                ("nosync", "gnes load, float32, store_sync false", no_sync, [str(npy)]),
+            ]
+            for name, label, config_path, files in loads:
+                report(label, gnes_load_rate(shards, name, config_path, args, *files), base)
+            report("IndexClient.add_stream, float32", add_stream_rate(client, "stream", npy, dim, args), base)
+            for name in ("f32", "f16", "nosync", "stream"):
+                count = client.count(name)
+                assert count == rows, (name, count, rows)
+                client.drop_index(name)
+
+
+if __name__ == "__main__":
+    main()

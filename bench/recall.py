@@ -1,0 +1,220 @@
+"""Recall, query rate and build time of each index type, on Fashion-MNIST, through real shards.
+
+Why: the approximate index types trade recall for speed and memory, and how much depends on
+the data and on the query-time knobs (nprobe for IVF, ef_search for HNSW). This measures the
+trade on real 784-dim data, sharded the way gnes runs it, against exact search. The exact
+answer is computed twice, by the gnes "flat" index and by faiss IndexFlatL2 in this process,
+so the sharded exact search is itself checked.
+
+Workload: the 60,000 training images are loaded (IndexClient.add_stream, batches of 5,000)
+into N shard processes (default 2); then the first 1,000 test images are the queries, top_k 10,
+sent in batches of 100. recall@10 = |found ∩ exact| / 10, averaged over the queries.
+
+    apt-get install -y dataset-fashion-mnist
+    python bench/recall.py [--shards 2] [--types flat,hnsw_sq,ivf_flat,ivf_sq,ivf_pq] [--queries 1000]
+
+`LocalShards` (start shard processes, always stop them) is also used by bench/bulk_load.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from fashion_mnist import load_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+TOP_K, QUERY_BATCH, LOAD_BATCH = 10, 100, 5000
+NPROBES = (1, 4, 16, 64)
+EF_SEARCHES = (16, 64, 256)
+ALL_TYPES = ("flat", "hnsw_sq", "ivf_flat", "ivf_sq", "ivf_pq")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class LocalShards(AbstractContextManager["LocalShards"]):
+    """N `gnes index` shard processes on loopback, data under `workdir`; stopped on exit whatever happens.
+
+    Each shard gets cpu_count // N OpenMP threads (at least 1), so that N shards on one machine
+    do not oversubscribe its cores.
+    """
+
+    def __init__(self, n: int, workdir: Path, start_timeout: float = 60.0) -> None:
+        self.n, self.workdir, self.start_timeout = n, workdir, start_timeout
+        ports = free_ports(2 * n)
+        self.ports, self.ctrl_ports = ports[:n], ports[n:]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def __enter__(self) -> LocalShards:
+        from gnes.cli.healthcheck import check_ready
+
+        threads = str(max(1, (os.cpu_count() or 1) // self.n))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
+        try:
+            for i in range(self.n):
+                cmd = [sys.executable, "-m", "gnes", "index", "--socket_in", "NONE", "--socket_out", "NONE"]
+                cmd += ["--port_direct", str(self.ports[i]), "--port_ctrl", str(self.ctrl_ports[i])]
+                cmd += ["--dump_path", str(self.workdir / f"shard-{i}"), "--name", f"shard-{i}"]
+                with (self.workdir / f"shard-{i}.log").open("wb") as log:
+                    self.procs.append(
+                        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                    )
+            deadline = time.monotonic() + self.start_timeout
+            for i, proc in enumerate(self.procs):
+                while not check_ready("127.0.0.1", self.ctrl_ports[i], timeout=0.5):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log = (self.workdir / f"shard-{i}.log").read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"shard-{i} did not start (exit code {proc.poll()}):\n{log}")
+                    time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self, grace: float = 20.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def batches(vectors: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, None]]:
+    """Row i gets id i, so that found ids compare with faiss's row numbers."""
+    for start in range(0, len(vectors), size):
+        stop = min(start + size, len(vectors))
+        yield vectors[start:stop], np.arange(start, stop, dtype=np.int64), None
+
+
+def exact_neighbours(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(squared L2 distances, ids) of the k nearest train rows, by faiss IndexFlatL2 in this process."""
+    import faiss
+
+    index = faiss.IndexFlatL2(train.shape[1])
+    index.add(train)
+    return index.search(queries, k)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    k = exact.shape[1]
+    hits = [len(set(f[:k].tolist()) & set(e.tolist())) for f, e in zip(found, exact, strict=True)]
+    return float(np.mean(hits)) / k
+
+
+def timed_search(client: Any, name: str, queries: np.ndarray, **knobs: int | None) -> tuple[np.ndarray, float]:
+    """All queries in batches of QUERY_BATCH; returns (ids [q, k], queries per second)."""
+    client.search(name, queries[:QUERY_BATCH], top_k=TOP_K, **knobs)  # warm-up
+    found = []
+    started = time.perf_counter()
+    for start in range(0, len(queries), QUERY_BATCH):
+        found.append(client.search(name, queries[start : start + QUERY_BATCH], top_k=TOP_K, **knobs).ids)
+    elapsed = time.perf_counter() - started
+    return np.concatenate(found), len(queries) / elapsed
+
+
+def index_config(index_type: str, args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {"dim": 784, "metric": "l2", "index_type": index_type}
+    if index_type.startswith("ivf"):
+        config.update(nlist=args.nlist, train_num=args.train_num)
+    if index_type == "ivf_pq":
+        config.update(pq_m=args.pq_m)
+    if index_type.startswith("hnsw"):
+        config.update(train_num=args.train_num)
+    return config
+
+
+def build(client: Any, name: str, config: dict[str, Any], train: np.ndarray, timeout: float) -> float:
+    """Create, load and wait for training; seconds taken."""
+    started = time.perf_counter()
+    client.create_index(name, config, exist_ok=False)
+    acknowledged = sum(client.add_stream(name, batches(train, LOAD_BATCH), max_in_flight=4))
+    if acknowledged != len(train):
+        raise RuntimeError(f"{name}: {acknowledged} of {len(train)} vectors acknowledged")
+    client.wait_trained(name, timeout)
+    elapsed = time.perf_counter() - started
+    count = client.count(name)
+    if count != len(train):
+        raise RuntimeError(f"{name}: count is {count} after loading {len(train)}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shards", type=int, default=2, help="shard processes")
+    parser.add_argument("--types", default=",".join(ALL_TYPES), help="index types, comma-separated")
+    parser.add_argument("--queries", type=int, default=1000, help="test images used as queries")
+    parser.add_argument("--nlist", type=int, default=256, help="IVF lists")
+    parser.add_argument("--pq_m", type=int, default=16, help="ivf_pq sub-quantizers (must divide 784)")
+    parser.add_argument("--train_num", type=int, default=20000, help="vectors a shard trains on")
+    parser.add_argument("--train_timeout", type=float, default=600.0, help="seconds to wait for training")
+    args = parser.parse_args()
+
+    from gnes.client import IndexClient
+
+    train, test = load_fashion_mnist()
+    queries = np.ascontiguousarray(test[: args.queries])
+    started = time.perf_counter()
+    exact_d, exact_ids = exact_neighbours(train, queries, TOP_K)
+    print(f"faiss IndexFlatL2 in-process: {len(queries)} queries in {time.perf_counter() - started:.2f} s")
+    print(f"{len(train)} vectors of dim {train.shape[1]}, {len(queries)} queries, top_k {TOP_K}, {args.shards} shards")
+    print(f"{'type':<9} {'knob':<14} {'recall@10':>9} {'queries/s':>10} {'build s':>8}")
+
+    with tempfile.TemporaryDirectory(prefix="gnes-recall-") as tmp, LocalShards(args.shards, Path(tmp)) as shards:
+        with IndexClient(addresses=shards.addresses) as client:
+            for index_type in args.types.split(","):
+                name = f"fmnist-{index_type.replace('_', '-')}"
+                build_s = build(client, name, index_config(index_type, args), train, args.train_timeout)
+                runs: list[tuple[str, dict[str, int | None]]] = [("default", {})]
+                if index_type.startswith("ivf"):
+                    runs += [(f"nprobe={n}", {"nprobe": n}) for n in NPROBES]
+                if index_type.startswith("hnsw"):
+                    runs += [(f"ef_search={e}", {"ef_search": e}) for e in EF_SEARCHES]
+                for label, knobs in runs:
+                    found, qps = timed_search(client, name, queries, **knobs)
+                    recall = recall_at_k(found, exact_ids)
+                    print(f"{index_type:<9} {label:<14} {recall:>9.4f} {qps:>10.0f} {build_s:>8.1f}", flush=True)
+                if index_type == "flat":
+                    result = client.search(name, queries, top_k=TOP_K)
+                    gap = float(np.max(np.abs(result.scores - np.sqrt(np.maximum(exact_d, 0)))))
+                    print(f"flat vs faiss IndexFlatL2: largest distance difference {gap:.2e} (scores are L2 distances)")
+                client.drop_index(name)
+
+
+if __name__ == "__main__":
+    main()
