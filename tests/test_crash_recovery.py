@@ -77,7 +77,9 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_document(shard_processes
         ids = np.asarray(sorted(acked), dtype=np.int64)
         found = client.search("crash", vector_of(ids), top_k=2, nprobe=4)
         assert (found.ids[:, 0] == ids).all()
-        assert np.allclose(found.scores[:, 0], 0.0, atol=1e-3)
+        # faiss's BLAS path computes |q|^2 + |v|^2 - 2qv: near zero that leaves float32 noise
+        # of ~0.02 after the square root; the next nearest document is ~50 away.
+        assert np.allclose(found.scores[:, 0], 0.0, atol=0.1)
         assert (found.ids[:, 1] != found.ids[:, 0]).all()
         assert [m[0]["id"] for m in found.metas] == ids.tolist()
 
