@@ -36,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads (faiss, torch) spin by default. With a dozen gnes processes sharing a
     # few cores, that spinning starved the others: query p50 through the stack fell from 16.6 ms
     # to 2.6 ms once idle threads sleep (bench/pipeline.py, hash encoder, 2 cores). It must be set
-    # before faiss or torch is loaded, so it is set here, before anything else.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # before faiss or torch is loaded, so it is set here, before any service starts.
     args = build_parser().parse_args(argv)
+    if args.command != "encode":
+        # The encoder is the one busy process under load; its threads may spin.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command in ("proxy", "encode", "index", "frontend"):
