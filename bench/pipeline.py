@@ -25,7 +25,7 @@ from gnes.config import load_component
 from gnes.encoder.base import BaseEncoder
 from gnes.indexer.config import IndexConfig
 from gnes.indexer.logical import LogicalIndex
-from gnes.stack.local import LocalStack
+from gnes.stack.local import LocalStack, free_port_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -49,31 +49,9 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> dict[str, float]:
     encoder_yaml, indexer_yaml = CONFIGS[name]
-    names = [
-        "GRPC_PORT",
-        "INCOME_PROXY_IN",
-        "INCOME_PROXY_OUT",
-        "MIDDLEMAN_PROXY_IN",
-        "MIDDLEMAN_PROXY_OUT",
-        "MIDDLEMAN_PROXY_BROADCAST",
-        "OUTGOING_PROXY_IN",
-        "OUTGOING_PROXY_OUT",
-    ]
-    overrides = dict(zip(names, map(str, free_ports(len(names))), strict=True))
+    overrides = free_port_overrides()
     overrides.update(
         INDEXER_REPLICAS=str(shards),
         ENCODER_YAML_PATH=str(REPO / encoder_yaml),

@@ -13,106 +13,28 @@ sent in batches of 100. recall@10 = |found ∩ exact| / 10, averaged over the qu
     apt-get install -y dataset-fashion-mnist
     python bench/recall.py [--shards 2] [--types flat,hnsw_sq,ivf_flat,ivf_sq,ivf_pq] [--queries 1000]
 
-`LocalShards` (start shard processes, always stop them) is also used by bench/bulk_load.py.
+Shards run as local processes through `gnes.cluster.local_shards.LocalShards`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 from fashion_mnist import load_fashion_mnist
+
+from gnes.cluster.local_shards import LocalShards
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_K, QUERY_BATCH, LOAD_BATCH = 10, 100, 5000
 NPROBES = (1, 4, 16, 64)
 EF_SEARCHES = (16, 64, 256)
 ALL_TYPES = ("flat", "hnsw_sq", "ivf_flat", "ivf_sq", "ivf_pq")
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class LocalShards(AbstractContextManager["LocalShards"]):
-    """N `gnes index` shard processes on loopback, data under `workdir`; stopped on exit whatever happens.
-
-    Each shard gets cpu_count // N OpenMP threads (at least 1), so that N shards on one machine
-    do not oversubscribe its cores.
-    """
-
-    def __init__(self, n: int, workdir: Path, start_timeout: float = 60.0) -> None:
-        self.n, self.workdir, self.start_timeout = n, workdir, start_timeout
-        ports = free_ports(2 * n)
-        self.ports, self.ctrl_ports = ports[:n], ports[n:]
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    @property
-    def addresses(self) -> str:
-        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
-
-    def __enter__(self) -> LocalShards:
-        from gnes.cli.healthcheck import check_ready
-
-        threads = str(max(1, (os.cpu_count() or 1) // self.n))
-        env = {**os.environ, "OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE"}
-        try:
-            for i in range(self.n):
-                cmd = [sys.executable, "-m", "gnes", "index", "--socket_in", "NONE", "--socket_out", "NONE"]
-                cmd += ["--port_direct", str(self.ports[i]), "--port_ctrl", str(self.ctrl_ports[i])]
-                cmd += ["--dump_path", str(self.workdir / f"shard-{i}"), "--name", f"shard-{i}"]
-                with (self.workdir / f"shard-{i}.log").open("wb") as log:
-                    self.procs.append(
-                        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-                    )
-            deadline = time.monotonic() + self.start_timeout
-            for i, proc in enumerate(self.procs):
-                while not check_ready("127.0.0.1", self.ctrl_ports[i], timeout=0.5):
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        log = (self.workdir / f"shard-{i}.log").read_text(errors="replace")[-2000:]
-                        raise RuntimeError(f"shard-{i} did not start (exit code {proc.poll()}):\n{log}")
-                    time.sleep(0.1)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def stop(self, grace: float = 20.0) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def batches(vectors: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, None]]:

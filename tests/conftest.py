@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -14,23 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from gnes.cluster.local_shards import LocalShards
+from gnes.stack.compose import find_free_ports
+from gnes.stack.local import free_port_overrides
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """n distinct free TCP ports on 127.0.0.1."""
+    return find_free_ports(n)
 
 
 @dataclass
@@ -65,88 +56,50 @@ def start_inprocess_pipeline(
     names = ["income_in", "income_out", "middle_in", "middle_out", "broadcast", "out_in", "out_out", "grpc"]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     pipe = InProcessPipeline(ports["grpc"], ports)
-    cfg = ServiceConfig
+
+    def spec(name: str, kind: type, port_in: str, port_out: str, sockets: str, **extra: object) -> tuple:
+        """(name, service class, config) with the ports looked up by name; sockets: "IN OUT"."""
+        socket_in, socket_out = sockets.split()
+        config = ServiceConfig(
+            name=name,
+            port_in=ports[port_in],
+            port_out=ports[port_out],
+            socket_in=socket_in,
+            socket_out=socket_out,
+            **extra,  # type: ignore[arg-type]
+        )
+        return name, kind, config
+
+    broadcast = ports["broadcast"]
     specs = [
-        (
-            "income",
-            MapProxyService,
-            cfg(
-                name="income",
-                port_in=ports["income_in"],
-                port_out=ports["income_out"],
-                socket_in="PULL_BIND",
-                socket_out="PUSH_BIND",
-                batch_size=batch_size,
-            ),
-        ),
-        (
-            "middle",
-            ShardProxyService,
-            cfg(
-                name="middle",
-                port_in=ports["middle_in"],
-                port_out=ports["middle_out"],
-                socket_in="PULL_BIND",
-                socket_out="PUSH_BIND",
-                port_broadcast=ports["broadcast"],
-            ),
-        ),
-        (
-            "outgoing",
-            ReduceProxyService,
-            cfg(
-                name="outgoing",
-                port_in=ports["out_in"],
-                port_out=ports["out_out"],
-                socket_in="PULL_BIND",
-                socket_out="PUB_BIND",
-                reduce_timeout=reduce_timeout,
-            ),
-        ),
-        (
-            "encoder",
-            EncoderService,
-            cfg(
-                name="encoder",
-                port_in=ports["income_out"],
-                port_out=ports["middle_in"],
-                socket_in="PULL_CONNECT",
-                socket_out="PUSH_CONNECT",
-                yaml_path=encoder_yaml,
-            ),
-        ),
+        spec("income", MapProxyService, "income_in", "income_out", "PULL_BIND PUSH_BIND", batch_size=batch_size),
+        spec("middle", ShardProxyService, "middle_in", "middle_out", "PULL_BIND PUSH_BIND", port_broadcast=broadcast),
+        spec("outgoing", ReduceProxyService, "out_in", "out_out", "PULL_BIND PUB_BIND", reduce_timeout=reduce_timeout),
+        spec("encoder", EncoderService, "income_out", "middle_in", "PULL_CONNECT PUSH_CONNECT", yaml_path=encoder_yaml),
     ]
     for i in range(shards):
         dump = str(data_dir / f"shard{i}") if data_dir is not None else ""
         specs.append(
-            (
+            spec(
                 f"indexer{i}",
                 IndexerService,
-                cfg(
-                    name=f"indexer{i}",
-                    port_in=ports["middle_out"],
-                    port_out=ports["out_in"],
-                    socket_in="PULL_CONNECT",
-                    socket_out="PUSH_CONNECT",
-                    port_broadcast=ports["broadcast"],
-                    yaml_path=indexer_yaml,
-                    dump_path=dump,
-                ),
+                "middle_out",
+                "out_in",
+                "PULL_CONNECT PUSH_CONNECT",
+                port_broadcast=broadcast,
+                yaml_path=indexer_yaml,
+                dump_path=dump,
             )
         )
     specs.append(
-        (
+        spec(
             "frontend",
             FrontendService,
-            cfg(
-                name="frontend",
-                port_in=ports["out_out"],
-                port_out=ports["income_in"],
-                socket_in="SUB_CONNECT",
-                socket_out="PUSH_CONNECT",
-                grpc_port=ports["grpc"],
-                reduce_timeout=reduce_timeout,
-            ),
+            "out_out",
+            "income_in",
+            "SUB_CONNECT PUSH_CONNECT",
+            grpc_port=ports["grpc"],
+            reduce_timeout=reduce_timeout,
         )
     )
     try:
@@ -187,81 +140,24 @@ def hash_pipeline(tmp_path: Path) -> Iterator[InProcessPipeline]:
         pipe.stack.close()
 
 
-STACK_PORT_VARIABLES = (
-    "GRPC_PORT",
-    "INCOME_PROXY_IN",
-    "INCOME_PROXY_OUT",
-    "MIDDLEMAN_PROXY_IN",
-    "MIDDLEMAN_PROXY_OUT",
-    "MIDDLEMAN_PROXY_BROADCAST",
-    "OUTGOING_PROXY_IN",
-    "OUTGOING_PROXY_OUT",
-)
-
-
 def stack_overrides(**extra: str) -> dict[str, str]:
     """Variables for compose/gnes-swarm.yml that put every port of the stack on a free one."""
-    overrides = dict(zip(STACK_PORT_VARIABLES, map(str, free_ports(len(STACK_PORT_VARIABLES))), strict=True))
-    overrides.update(extra)
-    return overrides
-
-
-class ShardProcesses:
-    """Index shards as real `gnes index` processes reachable on direct ports; restartable."""
-
-    def __init__(self, root: Path, n: int, save_interval: float = 0.0) -> None:
-        self.root = root
-        self.ports = free_ports(n)
-        self.save_interval = save_interval
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
-
-    @property
-    def addresses(self) -> str:
-        return ",".join(f"127.0.0.1:{port}" for port in self.ports)
-
-    def start(self, i: int) -> None:
-        cmd = [sys.executable, "-m", "gnes", "index", "--socket_in", "NONE", "--socket_out", "NONE"]
-        cmd += ["--port_direct", str(self.ports[i]), "--dump_path", str(self.root / f"shard-{i}")]
-        cmd += ["--name", f"shard-{i}", "--save_interval", str(self.save_interval)]
-        log = open(self.root / f"shard-{i}.log", "ab")  # noqa: SIM115 - kept open for the child
-        self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        self.procs[i] = None
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-        for i, proc in enumerate(self.procs):
-            if proc is not None:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.kill(i)
-        self.procs = [None] * len(self.procs)
+    return free_port_overrides(**extra)
 
 
 @pytest.fixture
-def shard_processes(tmp_path: Path) -> Iterator[Callable[..., ShardProcesses]]:
-    """Factory: `shard_processes(n, save_interval=0)` starts n shards; all are stopped at the end."""
-    started: list[ShardProcesses] = []
+def shard_processes(tmp_path: Path) -> Iterator[Callable[..., LocalShards]]:
+    """Factory: `shard_processes(n, save_interval=0)` starts n shard processes and waits until
+    they answer; all are stopped at the end."""
+    started: list[LocalShards] = []
 
-    def start(n: int, save_interval: float = 0.0) -> ShardProcesses:
-        shards = ShardProcesses(tmp_path / f"shards{len(started)}", n, save_interval)
-        shards.root.mkdir(parents=True)
+    def start(n: int, save_interval: float = 0.0) -> LocalShards:
+        shards = LocalShards(n, tmp_path / f"shards{len(started)}", save_interval=save_interval)
         started.append(shards)
-        for i in range(n):
-            shards.start(i)
-        return shards
+        return shards.__enter__()
 
     try:
         yield start
     finally:
         for shards in started:
-            shards.stop_all()
+            shards.stop()

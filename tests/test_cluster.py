@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from gnes.cli.healthcheck import check_ready
+from gnes.client import IndexClient
 from gnes.cluster import ShardAddress, parse_addresses, read_discovery, register_shard, write_header
 from gnes.cluster.cli import format_table
 
@@ -286,7 +287,6 @@ def test_shard_command(tmp_path: Path) -> None:
 
 
 def test_slurm_launch_submits_the_expected_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("submitit")
     from gnes.cluster.launcher import launch_shards, stop_shards
 
     bin_dir = tmp_path / "bin"
@@ -432,7 +432,6 @@ class LocalCluster:
 
 @pytest.fixture
 def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    pytest.importorskip("submitit")
     from gnes.cluster.launcher import launch_shards, stop_shards
 
     root = tmp_path / "cluster"
@@ -475,22 +474,12 @@ def test_launched_local_shards_register_serve_and_stop(local_cluster: LocalClust
         assert info["name"] == f"shard-{address.rank}" and info["direct_port"] == address.port
         assert check_ready("127.0.0.1", int(info["ctrl_port"]), timeout=5)  # ... and on its control port
 
-    try:
-        from gnes.client import IndexClient  # type: ignore[attr-defined]
-    except ImportError:
-        IndexClient = None  # noqa: N806
-    if IndexClient is not None:
-        client = IndexClient(discovery=str(local_cluster.discovery))
-        try:
-            assert "launched" not in client.list_indexes()
-            client.create_index("launched", {"dim": 8, "metric": "ip", "index_type": "flat"})
-            vectors = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
-            client.add("launched", vectors, ids=list(range(20)))
-            assert client.count("launched") == 20
-        finally:
-            close = getattr(client, "close", None)
-            if close is not None:
-                close()
+    with IndexClient(discovery=str(local_cluster.discovery)) as client:
+        assert "launched" not in client.list_indexes()
+        client.create_index("launched", {"dim": 8, "metric": "ip", "index_type": "flat"})
+        vectors = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+        client.add("launched", vectors, ids=list(range(20)))
+        assert client.count("launched") == 20
 
     stop_shards(local_cluster.jobs, grace=20)
     assert all(job.done() for job in local_cluster.jobs)
@@ -498,12 +487,9 @@ def test_launched_local_shards_register_serve_and_stop(local_cluster: LocalClust
     while _processes_mentioning(str(local_cluster.root)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _processes_mentioning(str(local_cluster.root))
-    if IndexClient is None:
-        pytest.skip("gnes.client.IndexClient does not exist yet: the add/count round trip did not run")
 
 
 def test_a_shard_job_that_fails_is_reported_with_its_log(tmp_path: Path) -> None:
-    pytest.importorskip("submitit")
     from gnes.cluster.launcher import LaunchError, launch_shards, stop_shards, wait_for_shards
 
     jobs = launch_shards(
@@ -526,7 +512,6 @@ def test_a_shard_job_that_fails_is_reported_with_its_log(tmp_path: Path) -> None
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="checks for leftover processes through /proc")
 def test_gnes_launch_wait_prints_the_shards_and_stops_them_on_sigterm(tmp_path: Path) -> None:
-    pytest.importorskip("submitit")
     base = _free_port_range(2)
     command = [sys.executable, "-m", "gnes", "launch", "--num_shards", "2", "--base_port", str(base), "--wait"]
     command += ["--save_dir", str(tmp_path / "s"), "--timeout_min", "10", "--start_timeout", "90"]

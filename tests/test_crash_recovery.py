@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -95,7 +94,7 @@ def test_a_restart_without_any_snapshot_rebuilds_from_the_log(shard_processes) -
     shards.kill(0)
     assert not list((shards.root / "shard-0" / "indexes" / "a").glob("snap-*"))
     shards.start(0)
-    time.sleep(0.2)
+    shards.wait_ready()
     with IndexClient(addresses=shards.addresses, timeout=30) as client:
         assert client.count("a") == 400
         assert client.get("a", [0, 150])[0] is None

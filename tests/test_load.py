@@ -6,16 +6,13 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_ports  # the tests folder is on sys.path
 
 from gnes.cli.load import (
     LoadError,
@@ -28,6 +25,9 @@ from gnes.cli.load import (
     read_config,
 )
 from gnes.cli.parser import build_parser
+from gnes.client import IndexClient
+from gnes.cluster.local_shards import LocalShards
+from gnes.stack.compose import find_free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, ROWS = 32, 3000
@@ -214,8 +214,7 @@ def test_bad_input_is_refused_before_connecting(inputs: dict[str, Path], tmp_pat
 
 
 def test_a_shard_that_does_not_answer_fails_with_a_message(inputs: dict[str, Path]) -> None:
-    _index_client()
-    [port] = free_ports(1)
+    [port] = find_free_ports(1)
     result = gnes_load(inputs["vectors"], "--dim", DIM, "--index", "x", "--shards", f"127.0.0.1:{port}", "--timeout", 1)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"no answer within 1 s from shard 0 (127.0.0.1:{port})" in result.stderr, result.stderr
@@ -224,57 +223,11 @@ def test_a_shard_that_does_not_answer_fails_with_a_message(inputs: dict[str, Pat
 # ---------------------------------------------------------------- real loads into two shards
 
 
-def _index_client() -> type:
-    try:
-        from gnes.client import IndexClient
-    except ImportError:
-        pytest.skip("gnes.client.IndexClient is not there yet")
-    return IndexClient
-
-
 @pytest.fixture
 def two_shards(tmp_path: Path) -> Iterator[str]:
     """Two `gnes index` shard processes on free loopback ports; yields "host:port,host:port"."""
-    _index_client()
-    from gnes.cli.healthcheck import check_ready
-
-    ports = free_ports(4)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for i in range(2):
-            log = (tmp_path / f"shard-{i}.log").open("wb")
-            cmd = [sys.executable, "-m", "gnes", "index", "--socket_in", "NONE", "--socket_out", "NONE"]
-            cmd += ["--port_direct", str(ports[i]), "--port_ctrl", str(ports[2 + i])]
-            cmd += ["--dump_path", str(tmp_path / f"shard-{i}"), "--name", f"shard-{i}"]
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=REPO,
-                    start_new_session=True,
-                    env={**os.environ, "OMP_NUM_THREADS": "1"},
-                )
-            )
-            log.close()
-        deadline = time.monotonic() + 60
-        for i, proc in enumerate(procs):
-            while not check_ready("127.0.0.1", ports[2 + i], timeout=0.5):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log_text = (tmp_path / f"shard-{i}.log").read_text(errors="replace")
-                    pytest.fail(f"shard-{i} did not start (exit code {proc.poll()}):\n{log_text}")
-                time.sleep(0.1)
-        yield f"127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with LocalShards(2, tmp_path / "shards", threads=1) as shards:
+        yield shards.addresses
 
 
 @pytest.mark.e2e
@@ -290,7 +243,7 @@ def test_load_float16_file_with_ids_and_meta(inputs: dict[str, Path], two_shards
 
     vectors = np.fromfile(inputs["vectors"], dtype=np.float16).reshape(ROWS, DIM).astype(np.float32)
     ids = np.load(inputs["ids"])
-    with _index_client()(addresses=two_shards) as client:
+    with IndexClient(addresses=two_shards) as client:
         assert client.count("vecs") == ROWS
         per_shard = client.count_per_shard("vecs")
         assert sum(per_shard) == ROWS and all(n > 0 for n in per_shard)
@@ -310,7 +263,7 @@ def test_load_float16_file_with_ids_and_meta(inputs: dict[str, Path], two_shards
     discovery.write_text("\n".join(["# gnes discovery num_shards=2", *lines]) + "\n")
     result = gnes_load(more, "--index", "vecs", "--discovery", discovery, "--quiet")
     assert result.returncode == 0 and result.stderr == "", result.stderr
-    with _index_client()(addresses=two_shards) as client:
+    with IndexClient(addresses=two_shards) as client:
         assert client.count("vecs") == ROWS + 10
     assert_bad_input(gnes_load(more, "--index", "nothing", "--shards", two_shards), "'nothing' does not exist")
     np.save(more, vectors[:10, :16])
@@ -328,7 +281,7 @@ def test_an_index_with_train_ratio_is_trained_when_the_load_ends(inputs: dict[st
     )
     assert result.returncode == 0, result.stderr
     assert "is not_trained" not in result.stderr and "is training" not in result.stderr, result.stderr
-    with _index_client()(addresses=two_shards) as client:
+    with IndexClient(addresses=two_shards) as client:
         state = client.state("ivf")
         assert state["state"] == "trained" and state["count"] == ROWS, state
 

@@ -8,21 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from gnes.cli import healthcheck
 from gnes.stack.compose import ProcessSpec, expand_stack, find_free_port
-from gnes.stack.local import LocalStack, StackStartError
+from gnes.stack.local import LocalStack, StackStartError, free_port_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose" / "gnes-swarm.yml"
-PORT_VARIABLES = (
-    "GRPC_PORT",
-    "INCOME_PROXY_IN",
-    "INCOME_PROXY_OUT",
-    "MIDDLEMAN_PROXY_IN",
-    "MIDDLEMAN_PROXY_OUT",
-    "MIDDLEMAN_PROXY_BROADCAST",
-    "OUTGOING_PROXY_IN",
-    "OUTGOING_PROXY_OUT",
-)
 
 
 def assert_gone(processes: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -48,16 +39,10 @@ def test_a_process_that_exits_early_fails_the_start_clearly(tmp_path: Path) -> N
 
 @pytest.mark.e2e
 def test_local_stack_with_hash_encoder_starts_and_stops(tmp_path: Path) -> None:
-    healthcheck = pytest.importorskip("gnes.cli.healthcheck", reason="the gnes services are not there yet")
     encoder_yaml, indexer_yaml = REPO / "yaml" / "encoder-hash.yml", REPO / "yaml" / "indexer-hash.yml"
-    if not (encoder_yaml.is_file() and indexer_yaml.is_file()):
-        pytest.skip("yaml/encoder-hash.yml and yaml/indexer-hash.yml are not there yet")
-
-    ports: set[int] = set()
-    while len(ports) < len(PORT_VARIABLES):
-        ports.add(find_free_port())
-    overrides = dict(zip(PORT_VARIABLES, map(str, sorted(ports)), strict=True))
-    overrides.update(INDEXER_REPLICAS="2", ENCODER_YAML_PATH=str(encoder_yaml), INDEXER_YAML_PATH=str(indexer_yaml))
+    overrides = free_port_overrides(
+        INDEXER_REPLICAS="2", ENCODER_YAML_PATH=str(encoder_yaml), INDEXER_YAML_PATH=str(indexer_yaml)
+    )
     specs = expand_stack(COMPOSE, workdir=tmp_path, overrides=overrides)
     stack = LocalStack(specs, workdir=tmp_path, quiet=True, start_timeout=120, stop_grace=15)
     try:

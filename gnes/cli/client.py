@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+
 from ..client import GnesClient, GnesError
 
 
@@ -27,10 +29,11 @@ def read_documents(path: Path) -> Iterator[str]:
 
 def run(args) -> int:  # type: ignore[no-untyped-def]
     with GnesClient(args.grpc_host, args.grpc_port, timeout=args.timeout) as client:
+        wait = min(args.timeout, 30.0)
         try:
-            client.wait_ready(timeout=min(args.timeout, 30.0))
-        except Exception:
-            print(f"no gnes frontend answers at {client.address}", file=sys.stderr)
+            client.wait_ready(timeout=wait)
+        except grpc.FutureTimeoutError:
+            print(f"no gnes frontend answers at {client.address} within {wait:g} s", file=sys.stderr)
             return 2
         if args.client_command == "index":
             return _index(client, Path(args.path), args.batch_size, args.start_id)

@@ -25,18 +25,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _read_config(text: str) -> dict[str, Any]:
-    path = Path(text)
-    if text.lstrip().startswith("{") or not path.exists():
+    """--config is inline JSON or a JSON/YAML file, read as `gnes load --create` reads it."""
+    if text.lstrip().startswith("{"):
         return json.loads(text)
-    if path.suffix in (".yml", ".yaml"):
-        from ruamel.yaml import YAML
+    from .load import read_config  # noqa: PLC0415 - gnes load's reader, imported with the command
 
-        return dict(YAML(typ="safe").load(path.read_text()))
-    return json.loads(path.read_text())
+    return read_config(Path(text))
 
 
 def run(args: argparse.Namespace) -> int:
     from ..client import IndexClient, IndexClientError
+    from .load import LoadError
 
     if args.action != "list" and not args.name:
         print(f"gnes indexes {args.action}: give the index name", file=sys.stderr)
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 client.train(args.name)
                 print(f"training of {args.name} started")
-    except (IndexClientError, ValueError, OSError, TimeoutError) as exc:
+    except (IndexClientError, LoadError, ValueError, OSError, TimeoutError) as exc:
         print(f"gnes indexes {args.action}: {exc}", file=sys.stderr)
         return 1
     return 0

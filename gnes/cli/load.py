@@ -86,11 +86,16 @@ def open_vectors(path: Path, dim: int | None = None, dtype: str | None = None) -
     return np.memmap(path, dtype=np_dtype.newbyteorder("<"), mode="r", shape=(size // row_bytes, dim))
 
 
-def _open_npy_vectors(path: Path, dim: int | None, dtype: str | None) -> np.ndarray:
+def _load_npy(path: Path) -> np.ndarray:
+    """Memory-map a .npy file; pickled object arrays are refused, never loaded."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise LoadError(f"{path}: cannot read as .npy: {exc}") from exc
+
+
+def _open_npy_vectors(path: Path, dim: int | None, dtype: str | None) -> np.ndarray:
+    array = _load_npy(path)
     if array.ndim != 2:
         raise LoadError(f"{path}: expected a 2-d array [rows, dim], got shape {array.shape}")
     if array.dtype.kind != "f":
@@ -106,10 +111,7 @@ def open_ids(path: Path, rows: int) -> np.ndarray:
     """Ids from an integer .npy file, memory-mapped, checked to have one id per vector."""
     if not path.is_file():
         raise LoadError(f"{path}: no such file")
-    try:
-        ids = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise LoadError(f"{path}: cannot read as .npy: {exc}") from exc
+    ids = _load_npy(path)
     if ids.ndim != 1:
         raise LoadError(f"{path}: ids must be a 1-d array, got shape {ids.shape}")
     if ids.dtype.kind not in "iu":

@@ -25,12 +25,14 @@ import numpy as np
 import zmq
 
 from ..cluster.discovery import parse_addresses, read_discovery
+from ..indexer.checks import check_doc_ids
 from ..indexer.config import IndexConfig
 from ..proto import array_to_nd, nd_to_array, pb
 from ..service.message import body_type_of, parse_frames
 
 Admin = pb.Request.AdminRequest
-_QUERY_CHUNK = 1024  # queries per request: bounds one message's size
+_QUERY_CHUNK = 1024
+_STAGES = ("not_trained", "training", "adding", "trained")  # queries per request: bounds one message's size
 
 
 class IndexClientError(RuntimeError):
@@ -118,16 +120,11 @@ class IndexClient:
                         raise IndexClientError(f"{self._describe(shard)}: {response.error or 'failed'}")
                     yield rid, response
 
-    def _call_all(self, make: Any, shards: Iterable[int] | None = None) -> list[pb.Response]:
-        """Send `make(shard)` to each shard (None: skip it) and return the answers in shard order."""
-        waiting: dict[int, int] = {}
-        for shard in range(self.num_shards) if shards is None else shards:
-            request = make(shard)
-            if request is not None:
-                waiting[self._send(shard, request)] = shard
-        order = dict(waiting)
-        answers = dict(self._receive(waiting))
-        return [answers[rid] for rid in sorted(order, key=lambda r: order[r])]
+    def _call_all(self, make: Any) -> list[pb.Response]:
+        """Send `make(shard)` to every shard and return the answers in shard order."""
+        sent = [self._send(shard, make(shard)) for shard in range(self.num_shards)]
+        answers = dict(self._receive(dict(zip(sent, range(self.num_shards), strict=True))))
+        return [answers[rid] for rid in sent]
 
     def _admin(self, command: int, name: str = "", **fields: Any) -> list[dict[str, Any]]:
         def make(_: int) -> pb.Request:
@@ -161,13 +158,8 @@ class IndexClient:
 
     def state(self, name: str) -> dict[str, Any]:
         shards = [info["indexes"][name] for info in self._admin(Admin.STATS, name)]
-        states = {s["state"] for s in shards}
-        if len(states) == 1:
-            overall = states.pop()
-        elif states & {"training", "adding"}:
-            overall = "training" if "training" in states or "not_trained" in states else "adding"
-        else:
-            overall = "not_trained"
+        # The index as a whole is as far along as its least advanced shard.
+        overall = min((s["state"] for s in shards), key=_STAGES.index)
         errors = [s["error"] for s in shards if s.get("error")]
         return {"state": overall, "count": sum(s["count"] for s in shards), "errors": errors, "shards": shards}
 
@@ -257,30 +249,21 @@ class IndexClient:
     def _settle(self, pending: list[tuple[set[int], int]], waiting: dict[int, int]) -> Iterator[int]:
         """Wait for at least one answer, then yield the counts of finished leading batches."""
         if pending[0][0]:
-            rid, _ = next(self._receive_one(waiting))
+            rid, _ = next(self._receive(waiting))  # pops the answered id from `waiting`
             for open_ids, _ in pending:
                 open_ids.discard(rid)
         while pending and not pending[0][0]:
             yield pending.pop(0)[1]
-
-    def _receive_one(self, waiting: dict[int, int]) -> Iterator[tuple[int, pb.Response]]:
-        subset = dict(waiting)
-        for rid, response in self._receive(subset):
-            waiting.pop(rid, None)
-            yield rid, response
-            return
 
     def _ids_for(self, n: int, ids: np.ndarray | Sequence[int] | None) -> np.ndarray:
         if ids is None:
             ids = np.arange(self._auto_id, self._auto_id + n, dtype=np.int64)
             self._auto_id += n
             return ids
-        ids = np.asarray(ids)
-        if ids.shape != (n,):
-            raise ValueError(f"got {n} vectors but ids of shape {ids.shape}")
-        if ids.dtype.kind not in "iu" or (n and int(ids.min()) < 0):
-            raise ValueError("ids must be non-negative integers")
-        return ids.astype(np.int64)
+        ids = check_doc_ids(ids)
+        if len(ids) != n:
+            raise ValueError(f"got {n} vectors but {len(ids)} ids")
+        return ids
 
     def _index_requests(
         self, name: str, vectors: np.ndarray, ids: np.ndarray, metas: Any, texts: Any

@@ -7,18 +7,16 @@ only when ``gnes launch`` runs.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from ..cli.signals import ignore_interrupts, sigterm_as_interrupt
 from .discovery import ShardAddress
 
-__all__ = ["add_arguments", "add_parser", "format_table", "main", "run"]
+__all__ = ["add_arguments", "add_parser", "format_table", "run"]
 
 _DESCRIPTION = """\
 Start --num_shards index shards with submitit: as SLURM jobs (--executor slurm) or as processes of this
@@ -135,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gnes launch | stop the shards with: {stop}", flush=True)
         return 0
 
-    restore = _sigterm_as_interrupt()
+    restore = sigterm_as_interrupt()
     try:
         addresses = wait_for_shards(jobs, discovery, timeout=args.start_timeout, expected=args.num_shards)
         print(format_table(addresses), flush=True)
@@ -154,39 +152,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         # Ignore further Ctrl-C while stopping: an interrupted stop would leave shards behind.
-        previous_int = _ignore_interrupts()
+        previous_int = ignore_interrupts()
         try:
             stop_shards(jobs, grace=args.stop_grace)
         finally:
             previous_int()
             restore()
-
-
-def _sigterm_as_interrupt() -> Callable[[], Any]:
-    """Make SIGTERM stop the launch like Ctrl-C does (the default would exit without stopping the shards)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signal handlers can only be set from the main thread
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def _ignore_interrupts() -> Callable[[], Any]:
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m gnes.cluster.cli``), same as ``gnes launch``."""
-    parser = argparse.ArgumentParser(prog="gnes launch", description=_DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

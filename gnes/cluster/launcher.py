@@ -30,6 +30,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .discovery import PathLike, ShardAddress, read_discovery, write_header
+from .local_shards import index_shard_command
 
 if TYPE_CHECKING:
     import submitit
@@ -75,31 +76,16 @@ class ShardJobSpec:
 
 def shard_command(spec: ShardJobSpec, rank: int, python: str | None = None) -> list[str]:
     """The ``gnes index`` command line of shard ``rank``."""
-    command = [
-        python or sys.executable,
-        "-m",
-        "gnes",
-        "index",
-        "--socket_in",
-        "NONE",
-        "--socket_out",
-        "NONE",
-        "--port_direct",
-        str(spec.base_port + rank),
-        "--host_direct",
-        spec.bind_host,
-        "--dump_path",
-        str(Path(spec.save_dir) / f"shard-{rank}"),
-        "--name",
+    return index_shard_command(
+        spec.base_port + rank,
+        Path(spec.save_dir) / f"shard-{rank}",
         f"shard-{rank}",
-        "--discovery",
-        spec.discovery,
-        "--rank",
-        str(rank),
-    ]
-    if spec.index_yaml:
-        command += ["--yaml_path", spec.index_yaml]
-    return command
+        host=spec.bind_host,
+        discovery=spec.discovery,
+        rank=rank,
+        yaml_path=spec.index_yaml,
+        python=python,
+    )
 
 
 def run_shard(spec: ShardJobSpec) -> int:

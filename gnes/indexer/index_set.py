@@ -75,7 +75,7 @@ class IndexSet:
             index.poll()
 
     def is_training(self) -> bool:
-        return any(index.state()["state"] in ("training", "adding") for index in self._indexes.values())
+        return any(index.vectors.is_training for index in self._indexes.values())
 
     def save(self) -> None:
         for index in self._indexes.values():

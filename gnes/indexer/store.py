@@ -214,9 +214,6 @@ class IndexStore:
                     raise
                 self._env.set_mapsize(size)
 
-    def sync(self) -> None:
-        self._env.sync(True)
-
     def close(self) -> None:
         if self._env is not None:
             self._env.close()

@@ -125,9 +125,6 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._id_slot)
 
-    def __contains__(self, doc_id: int) -> bool:
-        return doc_id in self._id_slot
-
     def ids(self) -> np.ndarray:
         return np.fromiter(self._id_slot, dtype=np.int64, count=len(self._id_slot))
 
@@ -236,6 +233,11 @@ class VectorIndex:
         self._pending = []
         self.main, self.buffer, self.state = result, None, TRAINED
         return True
+
+    @property
+    def is_training(self) -> bool:
+        """True from the start of a background training until `poll()` has swapped it in."""
+        return self._thread is not None
 
     def wait_training(self, timeout: float | None = None) -> None:
         """Wait for a background training to end; the owner's next `poll()` swaps it in."""

@@ -8,8 +8,8 @@ service keeps serving.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -18,10 +18,10 @@ import uuid
 
 import zmq
 
-from ..proto import WireError, pb
+from ..proto import WireError
 from .config import ServiceConfig
-from .message import BodyType, Packet, as_error, recv_packet, send_packet, stamp_route
-from .sockets import SocketType, open_socket
+from .message import BodyType, Packet, answer_control, as_error, recv_packet, send_packet, stamp_route
+from .sockets import SocketType, bind_port, open_socket
 
 # Messages taken from the input per poll: amortises the poll call under load.
 _DRAIN = 256
@@ -181,12 +181,7 @@ class BaseService:
             ctrl = ctx.socket(zmq.REP)
             socks.append(ctrl)
             ctrl.setsockopt(zmq.LINGER, 0)
-            host = "*" if cfg.host_ctrl in ("0.0.0.0", "*") else cfg.host_ctrl
-            if cfg.port_ctrl:
-                ctrl.bind(f"tcp://{host}:{cfg.port_ctrl}")
-                self.ctrl_port = cfg.port_ctrl
-            else:
-                self.ctrl_port = ctrl.bind_to_random_port(f"tcp://{host}")
+            self.ctrl_port = bind_port(ctrl, cfg.host_ctrl, cfg.port_ctrl)
             self.open_extra_sockets(ctx)
             socks.extend(self._extra)
             if in_sock is not None:
@@ -205,8 +200,9 @@ class BaseService:
                 for sock, handler in self._extra.items():
                     if sock in events:
                         handler(sock)
-                if self.next_deadline() is not None:
-                    self.on_timer(time.monotonic())
+                deadline, now = self.next_deadline(), time.monotonic()
+                if deadline is not None and now >= deadline:
+                    self.on_timer(now)
         finally:
             try:
                 self.teardown()
@@ -219,7 +215,7 @@ class BaseService:
     def _poll_timeout_ms(self) -> int:
         deadline = self.next_deadline()
         wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - time.monotonic()))
-        return max(0, int(wait * 1000))
+        return max(0, math.ceil(wait * 1000))  # rounding down would wake just before the deadline
 
     def _drain(self, sock: zmq.Socket, has_topic: bool) -> None:
         for _ in range(_DRAIN):
@@ -244,30 +240,20 @@ class BaseService:
                 return
         try:
             self.handle(packet)
-        except (WireError, ValueError) as exc:
-            self.log.info("request %d rejected: %s", env.request_id, exc)
-            self.fail(packet, f"{self.name}: {exc}")
         except Exception as exc:
-            self.log.exception("request %d failed", env.request_id)
-            self.fail(packet, f"{self.name}: internal error: {type(exc).__name__}: {exc}")
+            self.fail(packet, self.reason_for(exc, env.request_id))
+
+    def reason_for(self, exc: Exception, request_id: int) -> str:
+        """What the caller is told about a failed request: bad input by its message, anything
+        else as an internal error, which is also logged with its traceback."""
+        if isinstance(exc, (WireError, ValueError)):
+            self.log.info("request %d rejected: %s", request_id, exc)
+            return f"{self.name}: {exc}"
+        self.log.exception("request %d failed", request_id)
+        return f"{self.name}: internal error: {type(exc).__name__}: {exc}"
 
     def _on_control(self, ctrl: zmq.Socket) -> None:
-        raw = ctrl.recv()
-        response = pb.Response()
-        try:
-            request = pb.Request.FromString(raw)
-            if request.WhichOneof("body") != "control":
-                raise WireError("the control socket takes control requests only")
-        except Exception as exc:  # answered: a REP socket must always reply
-            response.control.status = pb.Response.ERROR
-            response.error = f"bad control request: {exc}"
-            ctrl.send(response.SerializeToString())
-            return
-        response.request_id = request.request_id
-        if request.control.command == pb.Request.ControlRequest.TERMINATE:
-            response.control.status = pb.Response.SUCCESS
-            self._stop.set()
-        else:
-            response.control.status = pb.Response.READY
-        response.control.info_json = json.dumps(self.status_info())
+        response, terminate = answer_control(ctrl.recv(), self.status_info())
         ctrl.send(response.SerializeToString())
+        if terminate:
+            self._stop.set()

@@ -23,7 +23,7 @@ import zmq.asyncio
 
 from ..proto import WireError, pb, pb_grpc
 from .config import ServiceConfig
-from .message import BodyType, Packet, body_type_of, error_response, parse_frames
+from .message import BodyType, Packet, answer_control, body_type_of, error_response, parse_frames
 from .reducer import Reducer
 from .sockets import SocketSpec, SocketType, open_socket
 from .validate import check_request
@@ -173,17 +173,7 @@ class FrontendService(pb_grpc.GnesRPCServicer):
 
     async def _control(self, ctrl: zmq.asyncio.Socket) -> None:
         while True:
-            raw = await ctrl.recv()
-            response = pb.Response()
-            try:
-                request = pb.Request.FromString(raw)
-                terminate = request.control.command == pb.Request.ControlRequest.TERMINATE
-                response.control.status = pb.Response.SUCCESS if terminate else pb.Response.READY
-                response.control.info_json = json.dumps(self.status_info())
-            except Exception as exc:  # answered: a REP socket must always reply
-                terminate = False
-                response.control.status = pb.Response.ERROR
-                response.error = f"bad control request: {exc}"
+            response, terminate = answer_control(await ctrl.recv(), self.status_info())
             await ctrl.send(response.SerializeToString())
             if terminate:
                 self._stopping.set()

@@ -20,11 +20,12 @@ import zmq
 from ..config import load_component
 from ..indexer.config import DEFAULT_INDEX, IndexConfig
 from ..indexer.index_set import IndexSet
+from ..indexer.logical import LogicalIndex
 from ..proto import WireError, array_to_nd, doc_text, nd_to_array, pb
 from .base import BaseService
 from .message import BodyType, Packet, error_response, parse_frames, stamp_route
 from .proxy import new_shard_topic
-from .sockets import SocketSpec, SocketType, open_socket
+from .sockets import SocketSpec, SocketType, bind_port, open_socket
 
 _POLL_TRAINING_S = 0.05
 Admin = pb.Request.AdminRequest
@@ -38,7 +39,7 @@ class IndexerService(BaseService):
         super().__init__(config)
         self.indexes = indexes
         self.topic = new_shard_topic()
-        self._last_save = time.monotonic()
+        self._last_save = self._last_poll = time.monotonic()
         self.direct_port = 0
 
     def setup(self) -> None:
@@ -54,7 +55,8 @@ class IndexerService(BaseService):
         cfg = self.config
         if cfg.port_broadcast:
             spec = SocketSpec(SocketType.SUB_CONNECT, cfg.host_broadcast, cfg.port_broadcast)
-            self.watch(open_socket(ctx, spec, hwm=cfg.hwm, subscribe=(self.topic,)), self._on_broadcast)
+            broadcast = open_socket(ctx, spec, hwm=cfg.hwm, subscribe=(self.topic,))
+            self.watch(broadcast, lambda sock: self._drain(sock, has_topic=True))
         elif cfg.socket_in.upper() != "NONE":
             self.log.warning("no --port_broadcast: this shard gets queries only through its input socket")
         if cfg.port_direct < 0 and cfg.socket_in.upper() == "NONE":
@@ -66,32 +68,13 @@ class IndexerService(BaseService):
             router.setsockopt(zmq.LINGER, 2000)
             # A client that went away must not block the shard: drop its answers instead.
             router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-            host = "*" if cfg.host_direct in ("0.0.0.0", "*") else cfg.host_direct
-            if cfg.port_direct:
-                router.bind(f"tcp://{host}:{cfg.port_direct}")
-                self.direct_port = cfg.port_direct
-            else:
-                self.direct_port = router.bind_to_random_port(f"tcp://{host}")
+            self.direct_port = bind_port(router, cfg.host_direct, cfg.port_direct)
             self.watch(router, self._on_direct)
             self.log.info("direct clients: port %d", self.direct_port)
             if cfg.discovery:
                 from ..cluster.discovery import register_shard
 
                 register_shard(cfg.discovery, cfg.rank, _reachable_host(cfg.host_direct), self.direct_port)
-
-    def _on_broadcast(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                packet = parse_frames(frames[1:])
-            except WireError as exc:
-                self.errors += 1
-                self.log.warning("dropped a malformed broadcast message: %s", exc)
-                continue
-            self._dispatch(packet)
 
     def _on_direct(self, sock: zmq.Socket) -> None:
         for _ in range(256):
@@ -113,13 +96,9 @@ class IndexerService(BaseService):
                 continue
             try:
                 response = self.answer(packet)
-            except (WireError, ValueError, KeyError) as exc:
-                self.errors += 1
-                response = error_response(packet.envelope.request_id, packet.envelope.body_type, f"{self.name}: {exc}")
             except Exception as exc:
                 self.errors += 1
-                self.log.exception("direct request failed")
-                reason = f"{self.name}: internal error: {type(exc).__name__}: {exc}"
+                reason = self.reason_for(exc, packet.envelope.request_id)
                 response = error_response(packet.envelope.request_id, packet.envelope.body_type, reason)
             packet.envelope.is_response = True
             stamp_route(packet, self.name, self.identity)
@@ -129,14 +108,19 @@ class IndexerService(BaseService):
         if self.indexes is not None:
             self.indexes.close()
 
-    def next_deadline(self) -> float:
-        # Poll often while a background training may finish; else only for periodic saves.
-        interval = self.config.save_interval
-        save_at = self._last_save + interval if interval > 0 else float("inf")
-        return min(save_at, time.monotonic() + _POLL_TRAINING_S)
+    def next_deadline(self) -> float | None:
+        # While an index trains in the background, look every 50 ms whether it has finished;
+        # otherwise wake only for periodic saves.
+        deadlines = []
+        if self.config.save_interval > 0:
+            deadlines.append(self._last_save + self.config.save_interval)
+        if self.indexes is not None and self.indexes.is_training():
+            deadlines.append(self._last_poll + _POLL_TRAINING_S)
+        return min(deadlines, default=None)
 
     def on_timer(self, now: float) -> None:
         self.indexes.poll()
+        self._last_poll = now
         if self.config.save_interval > 0 and now >= self._last_save + self.config.save_interval:
             self.indexes.save()
             self._last_save = now
@@ -180,7 +164,7 @@ class IndexerService(BaseService):
             response.control.info_json = json.dumps(self.status_info())
         return response
 
-    def _targets(self, name: str) -> list:  # type: ignore[type-arg]
+    def _targets(self, name: str) -> list[LogicalIndex]:
         """TRAIN with no index name trains every index of the shard."""
         if name:
             return [self.indexes.get(name)]

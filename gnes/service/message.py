@@ -7,6 +7,7 @@ On a PUB socket a topic frame comes first; a SUB socket strips it.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -124,3 +125,22 @@ def as_error(packet: Packet, reason: str) -> Packet:
 def response_status(response: pb.Response) -> int:
     kind = response.WhichOneof("body")
     return getattr(response, kind).status if kind else pb.Response.ERROR
+
+
+def answer_control(raw: bytes, info: dict[str, object]) -> tuple[pb.Response, bool]:
+    """The reply of a control socket to `raw`, and whether it asks the service to terminate.
+    Anything unreadable gets an ERROR reply too: a REP socket must always answer."""
+    response = pb.Response()
+    try:
+        request = pb.Request.FromString(raw)
+        if request.WhichOneof("body") != "control":
+            raise WireError("the control socket takes control requests only")
+    except Exception as exc:
+        response.control.status = pb.Response.ERROR
+        response.error = f"bad control request: {exc}"
+        return response, False
+    response.request_id = request.request_id
+    terminate = request.control.command == pb.Request.ControlRequest.TERMINATE
+    response.control.status = pb.Response.SUCCESS if terminate else pb.Response.READY
+    response.control.info_json = json.dumps(info)
+    return response, terminate

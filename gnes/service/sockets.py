@@ -86,3 +86,12 @@ def open_socket(
         verb = "bind" if spec.type.is_bind else "connect"
         raise OSError(f"cannot {verb} {spec.type.name} socket at {spec.address}: {exc}") from exc
     return sock
+
+
+def bind_port(sock: zmq.Socket, host: str, port: int) -> int:
+    """Bind to host:port, or to a free port when port is 0; return the port bound."""
+    host = "*" if host in ("0.0.0.0", "*") else host
+    if port:
+        sock.bind(f"tcp://{host}:{port}")
+        return port
+    return sock.bind_to_random_port(f"tcp://{host}")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import gnes
+from gnes.cli.signals import sigterm_as_interrupt
 from gnes.stack.compose import expand_stack
 from gnes.stack.interpolate import StackError
 from gnes.stack.local import LocalStack, StackStartError
@@ -100,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     stack = LocalStack(
         specs, workdir=args.workdir, quiet=args.quiet, start_timeout=args.start_timeout, stop_grace=args.stop_grace
     )
-    restore = _sigterm_as_interrupt()
+    restore = sigterm_as_interrupt()
     try:
         with stack:
             for service, endpoint in stack.endpoints().items():
@@ -116,18 +114,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         restore()
-
-
-def _sigterm_as_interrupt() -> Any:
-    """Make SIGTERM stop the stack like Ctrl-C does (the default handler would orphan the processes)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signal handlers can only be set from the main thread
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

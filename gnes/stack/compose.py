@@ -30,6 +30,7 @@ __all__ = [
     "StackError",
     "expand_stack",
     "find_free_port",
+    "find_free_ports",
     "flag_value",
     "load_stack_file",
     "service_order",
@@ -68,6 +69,18 @@ def find_free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def find_free_ports(n: int, host: str = LOOPBACK) -> list[int]:
+    """n distinct free TCP ports: the sockets are held open together, so the OS cannot repeat one."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def load_stack_file(path: str | Path, env: Mapping[str, str]) -> dict[str, Any]:

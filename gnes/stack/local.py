@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import IO, TextIO
 
 import gnes
-from gnes.stack.compose import ProcessSpec, expand_stack, flag_value
+from gnes.stack.compose import ProcessSpec, expand_stack, find_free_ports, flag_value
 
 __all__ = ["LocalStack", "ReadyCheck", "StackStartError"]
 
@@ -24,6 +24,27 @@ ReadyCheck = Callable[[str, int, float], bool]
 """``check(host, ctrl_port, timeout) -> bool``: does the service answer READY on its control port?"""
 
 _TAIL_LINES = 40
+
+
+# The port variables of compose/gnes-swarm.yml: tests and benchmarks set each to a free
+# port, so that several stacks (or a stack beside other work) never collide.
+PORT_VARIABLES = (
+    "GRPC_PORT",
+    "INCOME_PROXY_IN",
+    "INCOME_PROXY_OUT",
+    "MIDDLEMAN_PROXY_IN",
+    "MIDDLEMAN_PROXY_OUT",
+    "MIDDLEMAN_PROXY_BROADCAST",
+    "OUTGOING_PROXY_IN",
+    "OUTGOING_PROXY_OUT",
+)
+
+
+def free_port_overrides(**extra: str) -> dict[str, str]:
+    """Stack-file variables that put every port of the stack on a free loopback port, plus `extra`."""
+    overrides = dict(zip(PORT_VARIABLES, map(str, find_free_ports(len(PORT_VARIABLES))), strict=True))
+    overrides.update(extra)
+    return overrides
 
 
 class StackStartError(RuntimeError):
