@@ -655,3 +655,35 @@ def test_in_memory_index_set() -> None:
         assert indexes.names() == []
     finally:
         indexes.close()
+
+
+def test_add_many_is_one_commit_that_keeps_good_batches_and_reports_bad_ones(tmp_path: Path) -> None:
+    index = LogicalIndex.create("group", config("flat"), tmp_path / "group")
+    data = gaussian(30, seed=50)
+    try:
+        outcomes = index.add_many(
+            [
+                (np.arange(10), data[:10], [f"first {i}" for i in range(10)], None),
+                (np.arange(10, 12), gaussian(2, 51, DIM + 1), None, None),  # wrong dimension
+                (np.arange(5, 15), data[10:20], [f"second {i}" for i in range(5, 15)], None),  # replaces 5..9
+                (np.arange(20, 22), data[20:22], None, ["{}", "{bad json"]),
+                (np.arange(20, 30), data[20:30], None, ['{"n": 1}'] * 10),
+            ]
+        )
+        assert outcomes[0] == 10 and outcomes[2] == 10 and outcomes[4] == 10
+        assert isinstance(outcomes[1], ValueError) and "dimension 16, got 17" in str(outcomes[1])
+        assert isinstance(outcomes[3], ValueError) and "not valid JSON" in str(outcomes[3])
+        assert index.store.last_seq == 1  # the three good batches share one transaction
+        assert index.count() == 25
+        assert index.get([4, 5, 14]) == [("first 4", ""), ("second 5", ""), ("second 14", "")]
+        # A later batch replaces the vector of an id, as two adds one after the other would.
+        top = index.search(data[10:11], 1)[0][0]
+        assert top.doc_id == 5 and top.text == "second 5"
+        assert index.add_many([]) == [] and index.store.last_seq == 1
+    finally:
+        index.close()
+    reopened = LogicalIndex.open("group", tmp_path / "group")
+    try:
+        assert reopened.count() == 25 and reopened.get([5]) == [("second 5", "")]
+    finally:
+        reopened.close()

@@ -30,6 +30,8 @@ from .vectors import TRAINED, VectorIndex
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, SNAPSHOT_FILE, STORE_DIR = "config.json", "snapshot.json", "store"
+# One write: ids, vectors [n, dim], texts (or None), metadata JSON strings (or None).
+Batch = tuple[np.ndarray | Sequence[int], np.ndarray, Sequence[str] | None, Sequence[str] | None]
 
 
 @dataclass(slots=True)
@@ -116,24 +118,70 @@ class LogicalIndex:
         metas: Sequence[str] | None = None,
     ) -> int:
         """Store or replace documents; durable (fsynced) when this returns. Returns the count."""
+        outcome = self.add_many([(ids, vectors, texts, metas)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def add_many(self, batches: Sequence[Batch]) -> list[int | Exception]:
+        """Group commit: store several batches in one durable transaction (one fsync).
+
+        Each batch is checked on its own: a bad batch gets its exception back and the
+        others are still written. The result is the same as adding the batches one after
+        the other: an id in a later batch replaces the same id in an earlier one.
+        """
+        outcomes: list[int | Exception] = []
+        accepted: list[tuple[np.ndarray, np.ndarray, list[str], list[str], list[dict[str, Any]]]] = []
+        for batch in batches:
+            try:
+                checked = self._check_batch(*batch)
+            except (TypeError, ValueError) as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(len(checked[0]))
+            if len(checked[0]):
+                accepted.append(checked)
+        if not accepted:
+            return outcomes
+        if len(accepted) == 1:
+            id_array, vectors, text_list, meta_list, parsed = accepted[0]
+        else:
+            id_array = np.concatenate([a[0] for a in accepted])
+            vectors = np.concatenate([a[1] for a in accepted])
+            text_list = [t for a in accepted for t in a[2]]
+            meta_list = [m for a in accepted for m in a[3]]
+            parsed = [p for a in accepted for p in a[4]]
+            keep = last_occurrence(id_array)
+            if len(keep) < len(id_array):
+                id_array, vectors = id_array[keep], vectors[keep]
+                text_list, meta_list = [text_list[i] for i in keep], [meta_list[i] for i in keep]
+                parsed = [parsed[i] for i in keep]
+        self.store.put(id_array, vectors, text_list, meta_list)
+        self.vectors.add(id_array, vectors)
+        self.filter.update(id_array.tolist(), parsed)
+        return outcomes
+
+    def _check_batch(
+        self,
+        ids: np.ndarray | Sequence[int],
+        vectors: np.ndarray,
+        texts: Sequence[str] | None,
+        metas: Sequence[str] | None,
+    ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], list[dict[str, Any]]]:
+        """One batch checked and deduplicated (the last row of an id wins), before any write."""
         id_array = check_doc_ids(np.asarray(ids))
         vectors = check_vectors(vectors, self.config.dim)
         if len(vectors) != len(id_array):
             raise ValueError(f"got {len(id_array)} ids but {len(vectors)} vectors")
         text_list = [""] * len(id_array) if texts is None else check_strings(texts, len(id_array), "texts")
         meta_list = [""] * len(id_array) if metas is None else check_strings(metas, len(id_array), "metas")
-        parsed = [parse_meta(meta) for meta in meta_list]  # rejects bad metadata before any write
-        if len(id_array) == 0:
-            return 0
+        parsed = [parse_meta(meta) for meta in meta_list]
         keep = last_occurrence(id_array)
         if len(keep) < len(id_array):
             id_array, vectors = id_array[keep], vectors[keep]
             text_list, meta_list = [text_list[i] for i in keep], [meta_list[i] for i in keep]
             parsed = [parsed[i] for i in keep]
-        self.store.put(id_array, vectors, text_list, meta_list)
-        self.vectors.add(id_array, vectors)
-        self.filter.update(id_array.tolist(), parsed)
-        return len(id_array)
+        return id_array, vectors, text_list, meta_list, parsed
 
     def delete(self, ids: np.ndarray | Sequence[int]) -> int:
         _, existed = self.store.delete(np.asarray(ids))

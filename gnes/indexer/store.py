@@ -106,13 +106,13 @@ class IndexStore:
         seq = self._seq + 1
 
         def work(txn: Any) -> int:
-            added = sum(1 for key in keys if txn.get(key, db=self._vecs) is None)
             txn.cursor(db=self._docs).putmulti(docs)
             txn.cursor(db=self._vecs).putmulti(vec_items)
             txn.put(_seq_key(seq), _OP_PUT + ids.astype("<i8").tobytes(), db=self._log)
-            return added
+            # The transaction's own view counts the new keys; replaced ones are not new.
+            return int(txn.stat(self._vecs)["entries"])
 
-        self._count += self._write(work)
+        self._count = self._write(work)
         self._seq = seq
         return seq
 

@@ -20,7 +20,7 @@ import zmq
 from ..config import load_component
 from ..indexer.config import DEFAULT_INDEX, IndexConfig
 from ..indexer.index_set import IndexSet
-from ..indexer.logical import LogicalIndex
+from ..indexer.logical import Batch, LogicalIndex
 from ..proto import WireError, array_to_nd, doc_text, nd_to_array, pb
 from .base import BaseService
 from .message import BodyType, Packet, error_response, parse_frames, stamp_route
@@ -28,6 +28,9 @@ from .proxy import new_shard_topic
 from .sockets import SocketSpec, SocketType, bind_port, open_socket
 
 _POLL_TRAINING_S = 0.05
+# Group commit bounds: messages taken per drain of the direct socket, documents per commit.
+_GROUP_MESSAGES = 256
+_GROUP_DOCS = 65536
 Admin = pb.Request.AdminRequest
 
 
@@ -77,15 +80,18 @@ class IndexerService(BaseService):
                 register_shard(cfg.discovery, cfg.rank, _reachable_host(cfg.host_direct), self.direct_port)
 
     def _on_direct(self, sock: zmq.Socket) -> None:
-        for _ in range(256):
+        clients: list[bytes] = []
+        packets: list[Packet] = []
+        for _ in range(_GROUP_MESSAGES):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             self.handled += 1
             client, rest = frames[0], frames[1:]
             try:
-                packet = parse_frames(rest)
+                packets.append(parse_frames(rest))
+                clients.append(client)
             except WireError as exc:
                 # A direct client waits for an answer, so even garbage gets one.
                 self.errors += 1
@@ -93,13 +99,7 @@ class IndexerService(BaseService):
                 sock.send_multipart(
                     [client, pb.Envelope(is_response=True).SerializeToString(), response.SerializeToString()]
                 )
-                continue
-            try:
-                response = self.answer(packet)
-            except Exception as exc:
-                self.errors += 1
-                reason = self.reason_for(exc, packet.envelope.request_id)
-                response = error_response(packet.envelope.request_id, packet.envelope.body_type, reason)
+        for client, packet, response in zip(clients, packets, self.answer_all(packets), strict=True):
             packet.envelope.is_response = True
             stamp_route(packet, self.name, self.identity)
             sock.send_multipart([client, packet.envelope.SerializeToString(), response.SerializeToString()])
@@ -135,23 +135,95 @@ class IndexerService(BaseService):
 
     # ---- requests ----------------------------------------------------------------------
     def handle(self, packet: Packet) -> None:
-        env = packet.envelope
-        if env.is_response:  # an upstream error on its way to the caller
+        self.handle_all([packet])
+
+    def handle_all(self, packets: list[Packet]) -> None:
+        requests: list[Packet] = []
+        for packet in packets:
+            if packet.envelope.is_response:  # an upstream error on its way to the caller
+                self.send_out(packet)
+            elif not self.rejected_by_mode(packet):
+                requests.append(packet)
+        for packet, response in zip(requests, self.answer_all(requests), strict=True):
+            packet.envelope.is_response = True
+            packet.body = response.SerializeToString()
             self.send_out(packet)
-            return
-        response = self.answer(packet)
-        env.is_response = True
-        packet.body = response.SerializeToString()
-        self.send_out(packet)
+
+    def answer_all(self, packets: list[Packet]) -> list[pb.Response]:
+        """Answer requests in order. Consecutive index writes to the same index are committed
+        together (group commit: one transaction, one fsync) and then all acknowledged."""
+        answers: list[pb.Response] = []
+        run: list[tuple[Packet, pb.Request]] = []
+        run_docs = 0
+        for packet in packets:
+            if packet.envelope.body_type != BodyType.INDEX:
+                answers.extend(self._answer_index_run(run))
+                run, run_docs = [], 0
+                answers.append(self.answer(packet))
+                continue
+            try:
+                request = packet.request()
+            except WireError as exc:
+                answers.extend(self._answer_index_run(run))
+                run, run_docs = [], 0
+                answers.append(self._error(packet, exc))
+                continue
+            if run and (run[0][1].index.index_name != request.index.index_name or run_docs >= _GROUP_DOCS):
+                answers.extend(self._answer_index_run(run))
+                run, run_docs = [], 0
+            run.append((packet, request))
+            run_docs += len(request.index.docs)
+        answers.extend(self._answer_index_run(run))
+        return answers
 
     def answer(self, packet: Packet) -> pb.Response:
+        """The answer to one request; a failure is answered with an ERROR response."""
+        try:
+            if packet.envelope.body_type == BodyType.INDEX:
+                return self._answer_index_run([(packet, packet.request())])[0]
+            return self._answer(packet)
+        except Exception as exc:
+            return self._error(packet, exc)
+
+    def _error(self, packet: Packet, exc: Exception) -> pb.Response:
+        self.errors += 1
+        reason = self.reason_for(exc, packet.envelope.request_id)
+        return error_response(packet.envelope.request_id, packet.envelope.body_type, reason)
+
+    def _answer_index_run(self, run: list[tuple[Packet, pb.Request]]) -> list[pb.Response]:
+        if not run:
+            return []
+        outcomes: list[int | Exception] = []
+        batches, positions = [], []
+        for position, (_, request) in enumerate(run):
+            try:
+                batches.append(_index_batch(request.index))
+                positions.append(position)
+                outcomes.append(0)
+            except WireError as exc:
+                outcomes.append(exc)
+        try:
+            written = self.indexes.get(run[0][1].index.index_name).add_many(batches) if batches else []
+        except Exception as exc:  # nothing of the group was committed: every request hears why
+            written = [exc] * len(batches)
+        for position, outcome in zip(positions, written, strict=True):
+            outcomes[position] = outcome
+        answers = []
+        for (packet, request), outcome in zip(run, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                answers.append(self._error(packet, outcome))
+                continue
+            response = pb.Response(request_id=request.request_id)
+            response.index.num_docs = outcome
+            response.index.status = pb.Response.SUCCESS
+            answers.append(response)
+        return answers
+
+    def _answer(self, packet: Packet) -> pb.Response:
         body_type = packet.envelope.body_type
         request = packet.request()
         response = pb.Response(request_id=request.request_id)
-        if body_type == BodyType.INDEX:
-            response.index.num_docs = self._index(request.index)
-            response.index.status = pb.Response.SUCCESS
-        elif body_type == BodyType.QUERY:
+        if body_type == BodyType.QUERY:
             self._search(request.search, response.search)
         elif body_type == BodyType.TRAIN:
             for index in self._targets(request.train.index_name):
@@ -169,18 +241,6 @@ class IndexerService(BaseService):
         if name:
             return [self.indexes.get(name)]
         return [self.indexes.get(n) for n in self.indexes.names()]
-
-    def _index(self, body: pb.Request.IndexRequest) -> int:
-        if not body.HasField("embeddings"):
-            raise WireError("the index request reached the indexer without vectors: is an encoder in front?")
-        vectors = nd_to_array(body.embeddings)
-        if vectors.ndim != 2 or vectors.shape[0] != len(body.docs):
-            raise WireError(f"expected one vector per document ({len(body.docs)}), got shape {vectors.shape}")
-        ids = np.fromiter((d.doc_id for d in body.docs), dtype=np.uint64, count=len(body.docs))
-        texts = [doc_text(d) for d in body.docs]
-        metas = [d.meta_json for d in body.docs]
-        index = self.indexes.get(body.index_name)
-        return index.add(ids, np.asarray(vectors, dtype=np.float32), texts, metas)
 
     def _search(self, body: pb.Request.QueryRequest, out: pb.Response.QueryResponse) -> None:
         if not body.HasField("embedding"):
@@ -267,6 +327,19 @@ class IndexerService(BaseService):
             item = out.docs.add(doc_id=doc_id, raw_text=doc[0], meta_json=doc[1], doc_type=pb.Document.TEXT)
             if vectors is not None and found[row]:
                 item.embedding.CopyFrom(array_to_nd(vectors[row]))
+
+
+def _index_batch(body: pb.Request.IndexRequest) -> Batch:
+    """The ids, vectors, texts and metadata of an index request, checked against each other."""
+    if not body.HasField("embeddings"):
+        raise WireError("the index request reached the indexer without vectors: is an encoder in front?")
+    vectors = nd_to_array(body.embeddings)
+    if vectors.ndim != 2 or vectors.shape[0] != len(body.docs):
+        raise WireError(f"expected one vector per document ({len(body.docs)}), got shape {vectors.shape}")
+    ids = np.fromiter((d.doc_id for d in body.docs), dtype=np.uint64, count=len(body.docs))
+    texts = [doc_text(d) for d in body.docs]
+    metas = [d.meta_json for d in body.docs]
+    return ids, np.asarray(vectors, dtype=np.float32), texts, metas
 
 
 def _reachable_host(bind_host: str) -> str:
