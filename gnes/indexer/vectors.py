@@ -39,10 +39,6 @@ def import_faiss() -> Any:
     return faiss
 
 
-# Query batches smaller than this are searched on the calling thread alone (see search()).
-_PARALLEL_MIN_QUERIES = 4
-
-
 class VectorIndex:
     """Slot-labelled faiss index with a flat buffer until trained. Not thread-safe: one owner."""
 
@@ -283,18 +279,7 @@ class VectorIndex:
             params = faiss.SearchParameters()
         if params is not None and selector is not None:
             params.sel = selector
-        if len(queries) < _PARALLEL_MIN_QUERIES:
-            # faiss splits a batch over OpenMP threads by query. A lone query gains nothing
-            # from that, yet waking the sleeping threads cost it about 100 us here
-            # (2-core VM, OMP_WAIT_POLICY=PASSIVE), so small batches run on this thread.
-            threads = faiss.omp_get_max_threads()
-            faiss.omp_set_num_threads(1)
-            try:
-                scores, slots = self.active.search(queries, k, params=params)
-            finally:
-                faiss.omp_set_num_threads(threads)
-        else:
-            scores, slots = self.active.search(queries, k, params=params)
+        scores, slots = self.active.search(queries, k, params=params)
         ids = np.where(slots >= 0, self._slot_ids[np.maximum(slots, 0)], -1)
         if self.config.metric == "l2":
             scores = np.sqrt(np.maximum(scores, 0.0))  # faiss returns squared distances
