@@ -13,18 +13,24 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import gensim
 import numpy as np
+import zmq
 
 from gnes.client import GnesClient
 from gnes.config import load_component
 from gnes.encoder.base import BaseEncoder
 from gnes.indexer.config import IndexConfig
 from gnes.indexer.logical import LogicalIndex
+from gnes.proto import pb
+from gnes.service.message import BodyType
+from gnes.stack.compose import find_free_ports
 from gnes.stack.local import LocalStack, free_port_overrides
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +41,9 @@ CONFIGS = {
     "minilm": ("yaml/encoder-minilm.yml", "yaml/indexer-flat-ip.yml"),
 }
 BATCH, QUERIES, WARMUP, TOP_K = 100, 300, 20, 10
+# A query crosses these ZeroMQ hops: frontend -> income proxy -> encoder -> middleman ->
+# shards -> outgoing proxy -> frontend.
+QUERY_HOPS = 6
 
 
 def short_documents(n: int) -> list[str]:
@@ -74,8 +83,61 @@ def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> di
                 t = time.perf_counter()
                 client.query(q, top_k=TOP_K)
                 latencies.append(time.perf_counter() - t)
+            # The frontend answers STATUS itself: gRPC and the frontend, no pipeline at all.
+            status = []
+            for i in range(WARMUP + QUERIES):
+                t = time.perf_counter()
+                client.status()
+                if i >= WARMUP:
+                    status.append(time.perf_counter() - t)
     p50, p99 = percentiles(latencies)
-    return {"docs_per_s": len(docs) / index_s, "p50_ms": p50, "p99_ms": p99}
+    return {
+        "docs_per_s": len(docs) / index_s,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "frontend_p50_ms": percentiles(status)[0],
+    }
+
+
+def zmq_hop_ms(rounds: int = 1000) -> float:
+    """Median time of one ZeroMQ hop between gnes processes: a request and its envelope sent
+    through one `gnes proxy` process and back (two hops), halved."""
+    port_in, port_out = find_free_ports(2)
+    command = [sys.executable, "-m", "gnes", "proxy", "--proxy_type", "ProxyService"]
+    command += ["--socket_in", "PULL_BIND", "--port_in", str(port_in)]
+    command += ["--socket_out", "PUSH_CONNECT", "--port_out", str(port_out)]
+    proxy = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    ctx = zmq.Context()
+    out, back = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        for sock in (out, back):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, 10)
+            sock.setsockopt(zmq.RCVHWM, 10)
+        back.bind(f"tcp://127.0.0.1:{port_out}")
+        out.connect(f"tcp://127.0.0.1:{port_in}")
+        request = pb.Request(request_id=1)
+        request.search.query.raw_text = "a short query text"
+        request.search.top_k = TOP_K
+        envelope = pb.Envelope(client_id="bench", request_id=1, body_type=BodyType.QUERY)
+        frames = [envelope.SerializeToString(), request.SerializeToString()]
+        out.send_multipart(frames)
+        if not back.poll(30_000):
+            raise RuntimeError("the proxy did not forward the first message within 30 s")
+        back.recv_multipart()
+        rounds_s = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            out.send_multipart(frames)
+            back.recv_multipart()
+            rounds_s.append(time.perf_counter() - t)
+    finally:
+        out.close()
+        back.close()
+        ctx.term()
+        proxy.terminate()
+        proxy.wait(30)
+    return float(np.median(rounds_s)) * 1000 / 2
 
 
 def run_in_process(name: str, docs: list[str], queries: list[str]) -> dict[str, float]:
@@ -125,6 +187,14 @@ def main() -> None:
         print(f"  in-process          {base['docs_per_s']:12.0f}   {base['p50_ms']:12.3f}   {base['p99_ms']:12.3f}")
         ratio = stack["docs_per_s"] / base["docs_per_s"]
         print(f"  stack / in-process  {ratio:12.2f}   {stack['p50_ms'] / base['p50_ms']:12.1f}x")
+        print(f"  frontend alone (STATUS over gRPC, no pipeline): p50 {stack['frontend_p50_ms']:.3f} ms")
+    hop = zmq_hop_ms()
+    front = stack["frontend_p50_ms"]
+    print(f"\none ZeroMQ hop between two gnes processes (through a gnes proxy and back, halved): {hop:.3f} ms")
+    print(
+        f"floor of a query through the stack, before any encoding or search: frontend alone + {QUERY_HOPS} hops"
+        f" = {front:.3f} + {QUERY_HOPS} x {hop:.3f} = {front + QUERY_HOPS * hop:.3f} ms"
+    )
 
 
 if __name__ == "__main__":
