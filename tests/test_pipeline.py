@@ -91,6 +91,10 @@ def test_bad_requests_get_a_reason_and_the_service_keeps_serving(hash_pipeline) 
         r = pb.Request(request_id=8)  # whitespace passes the door but not the encoder
         r.index.docs.add(doc_id=1003, raw_text="   ")
         assert "no text" in _error_of(client, r)
+        r = pb.Request(request_id=9)  # the second document of a small request is checked as well
+        r.index.docs.add(doc_id=1004, raw_text="fine")
+        r.index.docs.add(doc_id=1 << 63, raw_text="an id faiss cannot hold")
+        assert "doc_id must be below 2**63" in _error_of(client, r)
         with pytest.raises(GnesError):
             client.query("   ", top_k=3)
         # nothing accepted was lost, and the pipeline still answers
