@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import zmq
+import zmq.asyncio
 
 from ..proto import WireError, pb, pb_grpc
 from .config import ServiceConfig
@@ -31,9 +32,8 @@ from .validate import check_request
 # Requests one StreamCall may have in the pipeline before it stops reading from its caller.
 STREAM_WINDOW = 256
 _MAX_GRPC_MESSAGE = 256 << 20
-# Answers read per turn of the event loop, and the wait before sending again into a full pipeline.
+# Answers read per turn of the event loop.
 _DRAIN = 256
-_SEND_RETRY_S = 0.001
 
 
 class FrontendService(pb_grpc.GnesRPCServicer):
@@ -97,15 +97,17 @@ class FrontendService(pb_grpc.GnesRPCServicer):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._stopping.set)
         cfg = self.config
-        # Plain ZeroMQ sockets watched by the event loop (add_reader): an answer is read and
-        # handed to its caller in the same loop iteration that sees it arrive. zmq.asyncio
-        # costs two futures per message; on the 2-core bench machine that was measurable.
+        # Answers and control requests are read from plain ZeroMQ sockets watched by the event
+        # loop (add_reader), in the loop iteration that sees them arrive. Reading through
+        # zmq.asyncio (a poll future, then a recv future, per answer) made the last hop of a
+        # query 575 us instead of 250 us (per-hop trace, hash stack, 2-core VM). Sending
+        # keeps zmq.asyncio: it sends at once when there is room and waits when there is not.
         ctx = zmq.Context()
         in_spec = SocketSpec(SocketType.parse(cfg.socket_in), cfg.host_in, cfg.port_in)
         out_spec = SocketSpec(SocketType.parse(cfg.socket_out), cfg.host_out, cfg.port_out)
         self._in = open_socket(ctx, in_spec, hwm=cfg.hwm, subscribe=(self.client_id.encode(),))
         self._in_has_topic = in_spec.type.zmq_type == zmq.SUB
-        self._out = open_socket(ctx, out_spec, hwm=cfg.hwm)
+        self._out = zmq.asyncio.Socket.from_socket(open_socket(ctx, out_spec, hwm=cfg.hwm))
         ctrl = ctx.socket(zmq.REP)
         ctrl.setsockopt(zmq.LINGER, 0)
         self.ctrl_port = bind_port(ctrl, cfg.host_ctrl, cfg.port_ctrl)
@@ -226,22 +228,13 @@ class FrontendService(pb_grpc.GnesRPCServicer):
         env.num_part.append(1)
         env.part_ids.append(0)
         self._waiting[internal_id] = (future, caller_id)
-        await self._send([env.SerializeToString(), request.SerializeToString()])
+        # A full pipeline makes this wait, which stops reading from callers: the backpressure.
+        await self._out.send_multipart([env.SerializeToString(), request.SerializeToString()])
         wait = (
             self.config.index_timeout if body_type in (BodyType.INDEX, BodyType.TRAIN) else self.config.reduce_timeout
         )
         self._loop.call_later(wait + 5.0, self._expire_waiter, internal_id, body_type, wait + 5.0)
         return future
-
-    async def _send(self, frames: list[bytes]) -> None:
-        while True:
-            try:
-                self._out.send_multipart(frames, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                # The pipeline is full (or not yet connected): wait, which in turn stops
-                # reading from callers. This is the backpressure, not an error.
-                await asyncio.sleep(_SEND_RETRY_S)
 
     def _expire_waiter(self, internal_id: int, body_type: int, waited: float) -> None:
         entry = self._waiting.pop(internal_id, None)

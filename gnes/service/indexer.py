@@ -138,9 +138,6 @@ class IndexerService(BaseService):
         return info
 
     # ---- requests ----------------------------------------------------------------------
-    def handle(self, packet: Packet) -> None:
-        self.handle_all([packet])
-
     def handle_all(self, packets: list[Packet]) -> None:
         requests: list[Packet] = []
         for packet in packets:
@@ -154,37 +151,25 @@ class IndexerService(BaseService):
             self.send_out(packet)
 
     def answer_all(self, packets: list[Packet]) -> list[pb.Response]:
-        """Answer requests in order. Consecutive index writes to the same index are committed
-        together (group commit: one transaction, one fsync) and then all acknowledged."""
+        """Answer requests in order; a failure is answered with an ERROR response. Consecutive
+        index writes to the same index are committed together (group commit: one
+        transaction, one fsync) and then each is acknowledged."""
         answers: list[pb.Response] = []
-        run: list[tuple[Packet, pb.Request]] = []
-        run_docs = 0
+        run: list[tuple[Packet, pb.Request]] = []  # the index requests of the group being formed
         for packet in packets:
-            if packet.envelope.body_type != BodyType.INDEX:
-                answers.extend(self._answer_index_run(run))
-                run, run_docs = [], 0
-                answers.append(self.answer(packet))
-                continue
-            try:
-                request = packet.request()
-            except WireError as exc:
-                answers.extend(self._answer_index_run(run))
-                run, run_docs = [], 0
-                answers.append(self._error(packet, exc))
-                continue
-            if run and (run[0][1].index.index_name != request.index.index_name or run_docs >= _GROUP_DOCS):
-                answers.extend(self._answer_index_run(run))
-                run, run_docs = [], 0
-            run.append((packet, request))
-            run_docs += len(request.index.docs)
-        answers.extend(self._answer_index_run(run))
+            request = _index_request(packet)
+            if run and (request is None or not _joins(run, request)):
+                answers.extend(self._commit_run(run))
+                run = []
+            if request is None:
+                answers.append(self._answer_one(packet))
+            else:
+                run.append((packet, request))
+        answers.extend(self._commit_run(run))
         return answers
 
-    def answer(self, packet: Packet) -> pb.Response:
-        """The answer to one request; a failure is answered with an ERROR response."""
+    def _answer_one(self, packet: Packet) -> pb.Response:
         try:
-            if packet.envelope.body_type == BodyType.INDEX:
-                return self._answer_index_run([(packet, packet.request())])[0]
             return self._answer(packet)
         except Exception as exc:
             return self._error(packet, exc)
@@ -194,26 +179,24 @@ class IndexerService(BaseService):
         reason = self.reason_for(exc, packet.envelope.request_id)
         return error_response(packet.envelope.request_id, packet.envelope.body_type, reason)
 
-    def _answer_index_run(self, run: list[tuple[Packet, pb.Request]]) -> list[pb.Response]:
+    def _commit_run(self, run: list[tuple[Packet, pb.Request]]) -> list[pb.Response]:
+        """Write a group of index requests in one commit; answer each with its count or error."""
         if not run:
             return []
-        outcomes: list[int | Exception] = []
-        batches, positions = [], []
-        for position, (_, request) in enumerate(run):
+        checked: list[Batch | Exception] = []
+        for _, request in run:
             try:
-                batches.append(_index_batch(request.index))
-                positions.append(position)
-                outcomes.append(0)
+                checked.append(_index_batch(request.index))
             except WireError as exc:
-                outcomes.append(exc)
+                checked.append(exc)
+        batches = [c for c in checked if not isinstance(c, Exception)]
         try:
-            written = self.indexes.get(run[0][1].index.index_name).add_many(batches) if batches else []
+            written = iter(self.indexes.get(run[0][1].index.index_name).add_many(batches))
         except Exception as exc:  # nothing of the group was committed: every request hears why
-            written = [exc] * len(batches)
-        for position, outcome in zip(positions, written, strict=True):
-            outcomes[position] = outcome
+            written = iter([exc] * len(batches))
         answers = []
-        for (packet, request), outcome in zip(run, outcomes, strict=True):
+        for (packet, request), item in zip(run, checked, strict=True):
+            outcome = item if isinstance(item, Exception) else next(written)
             if isinstance(outcome, Exception):
                 answers.append(self._error(packet, outcome))
                 continue
@@ -224,8 +207,9 @@ class IndexerService(BaseService):
         return answers
 
     def _answer(self, packet: Packet) -> pb.Response:
+        """Any request but a well-formed index request (those are committed in groups)."""
         body_type = packet.envelope.body_type
-        request = packet.request()
+        request = packet.request()  # raises for the malformed index requests that land here
         response = pb.Response(request_id=request.request_id)
         if body_type == BodyType.QUERY:
             self._search(request.search, response.search)
@@ -331,6 +315,22 @@ class IndexerService(BaseService):
             item = out.docs.add(doc_id=doc_id, raw_text=doc[0], meta_json=doc[1], doc_type=pb.Document.TEXT)
             if vectors is not None and found[row]:
                 item.embedding.CopyFrom(array_to_nd(vectors[row]))
+
+
+def _index_request(packet: Packet) -> pb.Request | None:
+    """The parsed request if the packet is a well-formed index request, else None."""
+    if packet.envelope.body_type != BodyType.INDEX:
+        return None
+    try:
+        return packet.request()
+    except WireError:
+        return None  # answered on its own, with the parse error
+
+
+def _joins(run: list[tuple[Packet, pb.Request]], request: pb.Request) -> bool:
+    """Whether an index request may join the group being formed: same index, room left."""
+    docs = sum(len(r.index.docs) for _, r in run)
+    return run[0][1].index.index_name == request.index.index_name and docs < _GROUP_DOCS
 
 
 def _index_batch(body: pb.Request.IndexRequest) -> Batch:
