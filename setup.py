@@ -12,7 +12,17 @@ lmdb = ["lmdb>=1.4"]
 cluster = ["submitit>=1.5"]
 # grpcio-tools is pinned: tests/test_proto.py regenerates the protobuf code and compares it
 # with the committed files, which name the protoc version that wrote them.
-test = ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6", "gensim==4.4.0", "grpcio-tools==1.85.1"]
+# build/wheel/setuptools: tests/test_packaging.py builds the wheel and sdist without build isolation (offline).
+test = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "ruff>=0.6",
+    "gensim==4.4.0",
+    "grpcio-tools==1.85.1",
+    "build>=1",
+    "wheel>=0.40",
+    "setuptools>=68",
+]
 
 setup(
     name="gnes",
@@ -22,6 +32,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["gnes", "gnes.*"]),
+    # Every gnes package must have an __init__.py (find_packages skips a folder without one);
+    # tests/test_packaging.py checks that the wheel holds every module of the source tree.
     package_data={"gnes.proto": ["*.pyi"]},
     install_requires=[
         "numpy>=1.24",

@@ -1,0 +1,1 @@
+"""The gnes services: proxies, encoder, indexer shard and gRPC frontend, each run by a gnes subcommand."""
