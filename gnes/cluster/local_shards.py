@@ -8,7 +8,6 @@ IndexClient. A shard counts as started once its control port answers READY.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from types import TracebackType
 
 from ..cli.healthcheck import check_ready
 from ..stack.compose import find_free_ports
+from ..supervise import LaunchSpec, ManagedProcess, NotReadyError, ProcessExitedError, Supervisor
 
 
 def index_shard_command(
@@ -51,7 +51,9 @@ class LocalShards:
 
     `threads` caps each shard's OpenMP threads (default: the cores divided among the shards,
     so that N shards on one machine do not oversubscribe it). Used as a context manager, it
-    waits until every shard answers and stops them all on exit, whatever happens.
+    waits until every shard answers and stops them all on exit, whatever happens. The shards
+    run under a :class:`~gnes.supervise.Supervisor` without restarts: a test that kills one
+    decides itself when it comes back.
     """
 
     def __init__(
@@ -68,7 +70,13 @@ class LocalShards:
         ports = find_free_ports(2 * n)
         self.ports, self.ctrl_ports = ports[:n], ports[n:]
         self.threads = threads or max(1, (os.cpu_count() or 1) // n)
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * n
+        self._supervisor = Supervisor()
+        self._shards: list[ManagedProcess | None] = [None] * n
+
+    @property
+    def procs(self) -> list[subprocess.Popen[bytes] | None]:
+        """The Popen of each running shard; None for one that was killed or stopped."""
+        return [None if shard is None else shard.popen for shard in self._shards]
 
     @property
     def addresses(self) -> str:
@@ -87,47 +95,49 @@ class LocalShards:
             port_ctrl=self.ctrl_ports[i],
             save_interval=self.save_interval,
         )
-        env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
-        with self.log_path(i).open("ab") as log:
-            self.procs[i] = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        if self._shards[i] is not None:
+            self.kill(i)  # a shard started twice would fight itself for its port and its files
+        spec = LaunchSpec(
+            f"shard-{i}",
+            command,
+            env={**os.environ, "OMP_NUM_THREADS": str(self.threads)},
+            log_file=self.log_path(i),
+            append_log=True,  # the log gathers every start of shard i: keep what the crash left in it
+        )
+        self._shards[i] = self._supervisor.start(spec)
 
     def wait_ready(self) -> None:
         """Wait until every running shard answers; raise with its log if one died or is too slow."""
         deadline = time.monotonic() + self.start_timeout
-        for i, proc in enumerate(self.procs):
-            while proc is not None and not check_ready("127.0.0.1", self.ctrl_ports[i], timeout=0.5):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log = self.log_path(i).read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"shard-{i} did not start (exit code {proc.poll()}):\n{log}")
-                time.sleep(0.05)
+        for i, shard in enumerate(self._shards):
+            if shard is None:
+                continue
+            port = self.ctrl_ports[i]
+            try:
+                shard.wait_ready(
+                    lambda t, p=port: check_ready("127.0.0.1", p, timeout=min(t, 0.5)),
+                    deadline - time.monotonic(),
+                    poll=0.05,
+                )
+            except (ProcessExitedError, NotReadyError) as exc:
+                code = None if shard.popen is None else shard.popen.poll()
+                raise RuntimeError(f"shard-{i} did not start (exit code {code}): {exc}") from exc
 
     def kill(self, i: int) -> None:
         """kill -9 shard i, as a crash would."""
-        proc = self.procs[i]
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        self.procs[i] = None
+        shard, self._shards[i] = self._shards[i], None
+        if shard is not None:
+            self._supervisor.kill(shard)
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM every shard (they save and close), then SIGKILL what outlives `grace`."""
-        for proc in self.procs:
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for i, proc in enumerate(self.procs):
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.kill(i)
-        self.procs = [None] * len(self.procs)
+        shards = [shard for shard in self._shards if shard is not None]
+        self._shards = [None] * len(self._shards)
+        self._supervisor.terminate(shards, grace)
 
     def __enter__(self) -> LocalShards:
         try:
-            for i in range(len(self.procs)):
+            for i in range(len(self._shards)):
                 self.start(i)
             self.wait_ready()
         except BaseException:

@@ -1,30 +1,41 @@
-"""Run an expanded stack as local ``gnes`` processes: start in dependency order, stream logs, stop cleanly."""
+"""Run an expanded stack as local ``gnes`` processes under one :class:`~gnes.supervise.Supervisor`: start in
+dependency order, restart per each service's ``deploy.restart_policy``, scale a service, stop cleanly.
+
+When a process ends and its policy allows no restart (condition none, on-failure after exit 0, or
+max_attempts used up), the stack is broken for good: :meth:`LocalStack.wait` then stops everything and
+returns non-zero, so that whatever runs ``gnes stack`` (a shell, systemd) sees the failure. Until then a
+crash costs only the restart delay, and the stack keeps serving with the other replicas.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-import signal
+import queue
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TextIO
+from typing import TextIO
 
 import gnes
-from gnes.stack.compose import ProcessSpec, expand_stack, find_free_ports, flag_value
+from gnes.stack.argv import port_values
+from gnes.stack.compose import ProcessSpec, expand_replica, expand_stack, find_free_ports, flag_value
+from gnes.supervise import LaunchSpec, ManagedProcess, NotReadyError, ProcessExitedError, RestartPolicy, Supervisor
 
-__all__ = ["LocalStack", "ReadyCheck", "StackStartError"]
+__all__ = ["LocalStack", "ReadyCheck", "StackStartError", "free_port_overrides"]
 
 ReadyCheck = Callable[[str, int, float], bool]
 """``check(host, ctrl_port, timeout) -> bool``: does the service answer READY on its control port?"""
 
-_TAIL_LINES = 40
+ReplicaFactory = Callable[..., ProcessSpec]
+"""``factory(service, slot, taken_ports=...) -> ProcessSpec``, see :func:`gnes.stack.compose.expand_replica`."""
 
+DEFAULT_STOP_GRACE = 10.0  # for services without stop_grace_period
+DEFAULT_SCALE_GRACE = 120.0  # a shard scaled away first hands its documents over to the others
 
 # The port variables of compose/gnes-swarm.yml: tests and benchmarks set each to a free
 # port, so that several stacks (or a stack beside other work) never collide.
@@ -51,14 +62,6 @@ class StackStartError(RuntimeError):
     """A process of the stack exited or did not become ready in time; the message holds its last log lines."""
 
 
-@dataclass
-class _Running:
-    spec: ProcessSpec
-    proc: subprocess.Popen[bytes]
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL_LINES))
-    reader: threading.Thread | None = None
-
-
 def _default_ready_check() -> ReadyCheck:
     # Imported on use: the health check pulls in zmq and the service code, which --print does not need.
     from gnes.cli.healthcheck import check_ready
@@ -67,7 +70,11 @@ def _default_ready_check() -> ReadyCheck:
 
 
 class LocalStack:
-    """The processes of one stack on this machine; use as ``with LocalStack(specs) as stack: stack.wait()``."""
+    """The processes of one stack on this machine; use as ``with LocalStack(specs) as stack: stack.wait()``.
+
+    ``stop_grace`` (None: each service's ``stop_grace_period``, else 10 s) is the wait between SIGTERM and
+    SIGKILL when the stack stops; ``scale_grace`` the same when :meth:`scale` removes replicas.
+    """
 
     def __init__(
         self,
@@ -76,19 +83,26 @@ class LocalStack:
         workdir: str | Path = ".gnes-local",
         quiet: bool = False,
         start_timeout: float = 120.0,
-        stop_grace: float = 10.0,
+        stop_grace: float | None = None,
+        scale_grace: float = DEFAULT_SCALE_GRACE,
         output: TextIO | None = None,
         ready_check: ReadyCheck | None = None,
+        replica_factory: ReplicaFactory | None = None,
     ) -> None:
-        self.specs = list(specs)
+        self.specs = list(specs)  # the running replicas (after start), in start order
         self.workdir = Path(workdir)
         self.quiet = quiet
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        self.scale_grace = scale_grace
         self._output = output
         self._ready_check = ready_check
-        self._running: list[_Running] = []  # started and not yet stopped, in start order
-        self._launched: dict[str, subprocess.Popen[bytes]] = {}  # everything the last start() launched
+        self._replica_factory = replica_factory
+        self._supervisor = Supervisor(on_event=self._emit, on_give_up=self._gave_up)
+        self._live: dict[str, ManagedProcess] = {}  # supervised (running or waiting for a restart)
+        self._launched: dict[str, ManagedProcess] = {}  # everything launched since start()
+        self._given_up: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._scale_lock = threading.Lock()
         self._write_lock = threading.Lock()
 
     @classmethod
@@ -99,23 +113,13 @@ class LocalStack:
         workdir: str | Path = ".gnes-local",
         overrides: Mapping[str, str] | None = None,
         stack_name: str = "gnes",
-        quiet: bool = False,
-        start_timeout: float = 120.0,
-        stop_grace: float = 10.0,
-        output: TextIO | None = None,
-        ready_check: ReadyCheck | None = None,
+        **options: object,
     ) -> LocalStack:
-        """Expand ``compose_file`` (see :func:`gnes.stack.compose.expand_stack`) into a stack, not yet started."""
-        specs = expand_stack(compose_file, workdir=workdir, overrides=overrides, stack_name=stack_name)
-        return cls(
-            specs,
-            workdir=workdir,
-            quiet=quiet,
-            start_timeout=start_timeout,
-            stop_grace=stop_grace,
-            output=output,
-            ready_check=ready_check,
-        )
+        """Expand ``compose_file`` (see :func:`gnes.stack.compose.expand_stack`) into a stack, not yet started;
+        ``options`` are those of the constructor. Such a stack can also scale a service up."""
+        where = {"workdir": workdir, "overrides": overrides, "stack_name": stack_name}
+        factory = functools.partial(expand_replica, compose_file, **where)  # type: ignore[arg-type]
+        return cls(expand_stack(compose_file, **where), workdir=workdir, replica_factory=factory, **options)  # type: ignore[arg-type]
 
     def __enter__(self) -> LocalStack:
         self.start()
@@ -128,9 +132,13 @@ class LocalStack:
 
     @property
     def processes(self) -> dict[str, subprocess.Popen[bytes]]:
-        """Process name (``service.slot``) -> Popen of every process the last start() launched (also after
-        stop(), so callers can check the exit codes)."""
-        return dict(self._launched)
+        """Process name (``service.slot``) -> current Popen of every process launched since start() (also
+        after stop() or a scale-down, so callers can check the exit codes)."""
+        return {name: proc.popen for name, proc in self._launched.items() if proc.popen is not None}
+
+    def slots(self, service: str) -> list[int]:
+        """The replica slots of ``service`` that are supervised now (running or about to be restarted)."""
+        return sorted(spec.slot for spec in self.specs if spec.service == service and spec.name in self._live)
 
     def endpoints(self) -> dict[str, str]:
         """Service name -> ``host:port`` of its gRPC server, for every service with a ``--grpc_port``."""
@@ -143,131 +151,148 @@ class LocalStack:
 
     def start(self) -> None:
         """Start every service after its dependencies are ready; on any failure stop what was started."""
-        if self._running:
+        if self._live:
             raise RuntimeError("this stack is already running")
-        check = self._ready_check or _default_ready_check()
-        self._prepare()
+        self._prepare(self.specs)
         self._launched = {}
-        deadline = time.monotonic() + self.start_timeout
+        while not self._given_up.empty():
+            self._given_up.get()
         groups: dict[str, list[ProcessSpec]] = {}
         for spec in self.specs:
             groups.setdefault(spec.service, []).append(spec)
         try:
+            deadline = time.monotonic() + self.start_timeout
             for service_specs in groups.values():
                 # Replicas of one service start together; dependants only once all of them are ready.
-                started = [self._launch(spec) for spec in service_specs]
-                for running in started:
-                    self._wait_ready(running, check, deadline)
+                self._start_ready(service_specs, deadline)
         except BaseException:  # KeyboardInterrupt included: never leave processes behind
             self.stop()
             raise
 
     def stop(self) -> None:
-        """SIGTERM every process group (reverse start order), SIGKILL what is left after ``stop_grace``."""
-        running, self._running = list(reversed(self._running)), []
-        if not running:
-            return
-        for item in running:
-            _signal_group(item.proc, signal.SIGTERM)
-        try:
-            deadline = time.monotonic() + self.stop_grace
-            for item in running:
-                _wait_until(item.proc, deadline)
-        finally:
-            # Reached also on a second Ctrl-C during the grace period: then everything is killed at once.
-            for item in running:
-                if item.proc.poll() is None:
-                    self._emit(f"{item.spec.name} did not stop within {self.stop_grace:g}s; killing it")
-                # The group may hold children of the service even when the service itself has exited.
-                _signal_group(item.proc, signal.SIGKILL)
-                item.proc.wait()
-            for item in running:
-                if item.reader is not None:
-                    item.reader.join(timeout=2.0)
+        """SIGTERM every process group (reverse start order), SIGKILL what is left after the grace."""
+        procs = list(reversed(self._live.values()))
+        self._live = {}
+        graces = {spec.name: self._stop_grace(spec) for spec in self.specs}
+        for proc in self._supervisor.terminate(procs, DEFAULT_STOP_GRACE, graces=graces):
+            self._emit(f"{proc.name} did not stop within {graces.get(proc.name, DEFAULT_STOP_GRACE):g}s; killed it")
 
     def wait(self) -> int:
-        """Block until Ctrl-C (returns 0) or until a process exits (returns non-zero); the stack is stopped."""
-        if not self._running:
+        """Keep the stack up (crashed processes restart per their policy) until Ctrl-C/SIGTERM (returns 0) or
+        until a process is given up (returns its exit code, 128+N if killed by signal N); then stop it."""
+        if not self._live:
             raise RuntimeError("the stack is not running; call start() first")
         try:
             while True:
-                for item in self._running:
-                    code = item.proc.poll()
-                    if code is not None:
-                        self._emit(f"{item.spec.name} exited with code {code}; stopping the stack")
-                        self.stop()
-                        # Killed by signal N -> 128+N like a shell; an exit with 0 is still an unexpected end.
-                        return code if code > 0 else 128 - code if code < 0 else 1
-                time.sleep(0.5)
+                try:
+                    name, code = self._given_up.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                self._emit(f"{name} has no restart left: the stack cannot serve without it; stopping the stack")
+                self.stop()
+                return code if code > 0 else 128 - code if code < 0 else 1  # an exit with 0 is still an end
         except KeyboardInterrupt:
             self.stop()
             return 0
 
-    def _prepare(self) -> None:
-        missing = sorted({str(path) for spec in self.specs for path in spec.config_files if not path.is_file()})
-        if missing:
-            raise StackStartError(f"config file(s) of the stack not found: {', '.join(missing)}")
-        for spec in self.specs:
-            for directory in spec.volume_dirs:
-                directory.mkdir(parents=True, exist_ok=True)
-        if self.quiet:
-            (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+    def scale(self, service: str, replicas: int, stop_grace: float | None = None) -> list[int]:
+        """Run ``replicas`` replicas of ``service``; returns their slots. New replicas take the lowest free
+        slots and are ready on return; removed ones (highest slots first) get SIGTERM and ``stop_grace``
+        (default ``scale_grace``) seconds to exit on their own before SIGKILL."""
+        if replicas < 0:
+            raise ValueError(f"replicas must not be negative, got {replicas}")
+        with self._scale_lock:
+            if not self._live:
+                raise RuntimeError("the stack is not running")
+            current = self.slots(service)
+            if service not in {spec.service for spec in self.specs} and self._replica_factory is None:
+                raise ValueError(f"the stack has no service {service!r}")
+            if replicas > len(current):
+                free = [slot for slot in range(1, replicas + len(current) + 1) if slot not in current]
+                self._scale_up(service, free[: replicas - len(current)])
+                return self.slots(service)
+            victims = [self._live[f"{service}.{slot}"] for slot in current[replicas:]][::-1]
+            grace = self.scale_grace if stop_grace is None else stop_grace
+            if victims:
+                self._emit(f"scaling {service} to {replicas}: stopping {', '.join(p.name for p in victims)}")
+            for proc in self._supervisor.terminate(victims, grace):
+                self._emit(f"{proc.name} did not exit within {grace:g}s of SIGTERM; killed it")
+            names = {proc.name for proc in victims}
+            for name in names:
+                self._live.pop(name, None)
+            self.specs = [spec for spec in self.specs if spec.name not in names]
+            return self.slots(service)
 
-    def _launch(self, spec: ProcessSpec) -> _Running:
+    def _scale_up(self, service: str, slots: list[int]) -> None:
+        if self._replica_factory is None:
+            raise RuntimeError("scaling up needs the stack file: create the stack with LocalStack.from_file")
+        taken = {port for spec in self.specs for port in (*port_values(spec.argv), spec.ctrl_port)}
+        specs = []
+        for slot in slots:
+            spec = self._replica_factory(service, slot, taken_ports=taken)
+            taken.add(spec.ctrl_port)
+            specs.append(spec)
+        self._emit(f"scaling {service} up: starting {', '.join(spec.name for spec in specs)}")
+        self._prepare(specs)
+        self._start_ready(specs, time.monotonic() + self.start_timeout, on_failure_stop=True)
+
+    def _start_ready(self, specs: list[ProcessSpec], deadline: float, on_failure_stop: bool = False) -> None:
+        check = self._ready_check or _default_ready_check()
+        started = [(spec, self._launch(spec)) for spec in specs]
+        try:
+            for spec, proc in started:
+                try:
+                    proc.wait_ready(lambda t, s=spec: check(s.ctrl_host, s.ctrl_port, t), deadline - time.monotonic())
+                except (ProcessExitedError, NotReadyError) as exc:
+                    raise StackStartError(f"{exc} (control port {spec.ctrl_host}:{spec.ctrl_port})") from exc
+                # Only a ready process is restarted: one that cannot even start fails the start at once.
+                proc.policy = spec.restart
+        except BaseException:
+            if on_failure_stop:
+                self._supervisor.terminate([proc for _, proc in started], DEFAULT_STOP_GRACE)
+                for spec, _ in started:
+                    self._live.pop(spec.name, None)
+                self.specs = [s for s in self.specs if s not in specs]
+            raise
+
+    def _launch(self, spec: ProcessSpec) -> ManagedProcess:
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
         # The children must import the same gnes as this process, installed or not.
         package_root = str(Path(gnes.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        proc = subprocess.Popen(
+        launch = LaunchSpec(
+            spec.name,
             [sys.executable, "-m", "gnes", *spec.argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
             env=env,
-            # Own process group: Ctrl-C in the terminal reaches only us, and stop() can signal the whole group.
-            start_new_session=True,
+            log_file=self.workdir / "logs" / f"{spec.name}.log" if self.quiet else None,
+            echo=None if self.quiet else functools.partial(self._prefixed, spec.name),
         )
-        running = _Running(spec, proc)
-        self._running.append(running)
-        self._launched[spec.name] = proc
-        log = (self.workdir / "logs" / f"{spec.name}.log").open("w", encoding="utf-8") if self.quiet else None
-        running.reader = threading.Thread(target=self._pump, args=(running, log), name=f"log-{spec.name}", daemon=True)
-        running.reader.start()
-        return running
+        if spec not in self.specs:
+            self.specs.append(spec)
+        # No restarts until it is ready (see _start_ready).
+        proc = self._supervisor.start(launch, RestartPolicy.never())
+        self._live[spec.name] = self._launched[spec.name] = proc
+        return proc
 
-    def _pump(self, running: _Running, log: IO[str] | None) -> None:
-        assert running.proc.stdout is not None  # always a pipe, see _launch
-        try:
-            for raw in running.proc.stdout:
-                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                running.tail.append(line)
-                if log is not None:
-                    log.write(line + "\n")
-                    log.flush()
-                else:
-                    self._write(f"{running.spec.name} | {line}\n")
-        finally:
-            running.proc.stdout.close()
-            if log is not None:
-                log.close()
+    def _prepare(self, specs: list[ProcessSpec]) -> None:
+        missing = sorted({str(path) for spec in specs for path in spec.config_files if not path.is_file()})
+        if missing:
+            raise StackStartError(f"config file(s) of the stack not found: {', '.join(missing)}")
+        for spec in specs:
+            for directory in spec.volume_dirs:
+                directory.mkdir(parents=True, exist_ok=True)
 
-    def _wait_ready(self, running: _Running, check: ReadyCheck, deadline: float) -> None:
-        spec = running.spec
-        while True:
-            code = running.proc.poll()
-            if code is not None:
-                if running.reader is not None:
-                    running.reader.join(timeout=2.0)  # let the last lines of the dead process arrive
-                raise StackStartError(f"{spec.name} exited with code {code} before it was ready{_tail(running)}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StackStartError(
-                    f"{spec.name} was not ready within {self.start_timeout:g}s "
-                    f"(control port {spec.ctrl_host}:{spec.ctrl_port}){_tail(running)}"
-                )
-            if check(spec.ctrl_host, spec.ctrl_port, min(1.0, remaining)):
-                return
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    def _stop_grace(self, spec: ProcessSpec) -> float:
+        if self.stop_grace is not None:
+            return self.stop_grace
+        return DEFAULT_STOP_GRACE if spec.stop_grace is None else spec.stop_grace
+
+    def _gave_up(self, proc: ManagedProcess, code: int) -> None:
+        self._live.pop(proc.name, None)
+        self._given_up.put((proc.name, code))
+
+    def _prefixed(self, name: str, line: str) -> None:
+        self._write(f"{name} | {line}\n")
 
     def _emit(self, message: str) -> None:
         self._write(f"gnes stack | {message}\n")
@@ -277,24 +302,3 @@ class LocalStack:
             stream = self._output or sys.stdout  # looked up late: sys.stdout may be replaced (pytest capture)
             stream.write(text)
             stream.flush()
-
-
-def _tail(running: _Running) -> str:
-    lines = list(running.tail)
-    if not lines:
-        return " (it printed nothing)"
-    return f"; its last {len(lines)} log lines:\n" + "\n".join(f"  {line}" for line in lines)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # start_new_session made the pid the group id
-    except ProcessLookupError:
-        pass  # the whole group has already exited: nothing left to signal
-
-
-def _wait_until(proc: subprocess.Popen[bytes], deadline: float) -> None:
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        return  # still running: stop() kills it
