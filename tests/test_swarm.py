@@ -1,0 +1,151 @@
+"""The stack on a real Docker Swarm on this machine: deploy, index a corpus, scale, kill a shard, recover.
+
+Run with ``-m swarm`` (scripts/test.sh does, after ``scripts/swarm.sh prepare``). Everything goes through
+scripts/swarm.sh and the docker CLI against the engine that script starts; the gRPC traffic goes to 127.0.0.1
+only. The fixture removes the stack and its volumes even when the test fails. When the test is selected and the
+engine cannot start, it fails (it is skipped, with a reason, only when ``-m swarm`` was not asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gnes.client import GnesClient, SearchHit
+from gnes.proto import gnes_pb2 as pb
+from gnes.stack.compose import find_free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SWARM_SH = REPO / "scripts" / "swarm.sh"
+STACK = "gnestest"
+pytestmark = [pytest.mark.swarm, pytest.mark.timeout(900)]
+
+
+@dataclass(frozen=True)
+class Swarm:
+    env: dict[str, str]
+    grpc_port: int
+
+    def docker(self, *args: str, timeout: float = 120) -> str:
+        result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"docker {' '.join(args)}: {result.stderr.strip()}"
+        return result.stdout
+
+    def script(self, *args: str, timeout: float = 600) -> None:
+        result = subprocess.run(["bash", str(SWARM_SH), *args], env=self.env, text=True, timeout=timeout)
+        assert result.returncode == 0, f"scripts/swarm.sh {' '.join(args)} failed"
+
+    def containers(self, service: str, *filters: str) -> list[str]:
+        args = ["ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_{service}"]
+        for f in filters:
+            args += ["--filter", f]
+        return self.docker(*args).split()
+
+
+def _corpus() -> list[str]:
+    import gensim  # the test extra; its test data ships the Lee news corpus
+
+    path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+    docs = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    assert len(docs) == 300
+    return docs
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, every: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def swarm(request: pytest.FixtureRequest) -> Iterator[Swarm]:
+    if "swarm" not in (request.config.getoption("-m") or ""):
+        pytest.skip("deploys to Docker Swarm: run with -m swarm (scripts/test.sh does)")
+    port = find_free_port()
+    env = {
+        **os.environ,
+        "DOCKER_HOST": "unix://" + os.environ.get("GNES_DOCKER_RUN", "/run/gnes-docker") + "/docker.sock",
+        "GNES_STACK_NAME": STACK,
+        "GRPC_PORT": str(port),
+        "INDEXER_REPLICAS": "2",
+        "SWARM_WAIT": "180",
+    }
+    swarm = Swarm(env, port)
+    try:
+        started = time.monotonic()
+        swarm.script("up")  # engine (if needed), image (cached), deploy, wait until healthy and answering
+        print(f"swarm: deployed and healthy in {time.monotonic() - started:.1f} s")
+        yield swarm
+    finally:
+        # The engine stays for the next run; the stack, its containers, network, configs and volumes go.
+        swarm.script("down", timeout=180)
+
+
+def _top_hit(client: GnesClient, text: str) -> SearchHit:
+    hits = client.query(text, top_k=3)
+    assert hits, f"no hit for {text[:60]!r}"
+    return hits[0]
+
+
+def _all_found(client: GnesClient, docs: list[str]) -> list[int]:
+    """Doc ids whose own text does not find a document with that text first (the corpus repeats 7 texts)."""
+    return [i for i, text in enumerate(docs) if _top_hit(client, text).text != text]
+
+
+def test_swarm_index_scale_kill_recover(swarm: Swarm) -> None:
+    docs = _corpus()
+    with GnesClient("127.0.0.1", swarm.grpc_port, timeout=30) as client:
+        client.wait_ready(timeout=30)
+        summary = client.index(docs, batch_size=25)
+        assert summary.errors == [] and summary.num_docs == len(docs)
+        # A document's own text finds it first (the hash encoder maps equal texts to equal vectors).
+        for doc_id in (0, 1, 57, 150, 299):
+            hit = _top_hit(client, docs[doc_id])
+            assert hit.text == docs[doc_id] and docs[hit.doc_id] == docs[doc_id], (doc_id, hit)
+        assert _all_found(client, docs) == []
+
+        # Scale out: the third shard joins the middleman's broadcast; queries now merge three answers.
+        swarm.docker("service", "scale", "--detach", f"{STACK}_indexer=3")
+        _wait("3 healthy indexers", lambda: len(swarm.containers("indexer", "health=healthy")) == 3, 120)
+        _wait("queries reach 3 shards", lambda: _shards_answering(client) == 3, 60)
+        assert _all_found(client, docs) == []
+
+        # Kill one shard's container outright; swarm restarts the task (on-failure) on the same slot volume.
+        before = set(swarm.containers("indexer"))
+        victim = sorted(before)[0]
+        slot = json.loads(swarm.docker("inspect", victim))[0]["Config"]["Labels"]["com.docker.swarm.task.name"]
+        swarm.docker("kill", "-s", "KILL", victim)
+        started = time.monotonic()
+
+        def replaced() -> bool:
+            healthy = set(swarm.containers("indexer", "health=healthy"))
+            return len(healthy) == 3 and victim not in healthy
+
+        _wait(f"swarm to restart the killed indexer ({slot})", replaced, 150)
+        print(f"swarm: killed indexer back and healthy in {time.monotonic() - started:.1f} s")
+        _wait("queries reach 3 shards again", lambda: _shards_answering(client) == 3, 60)
+        # Every document is found again: the restarted shard reloaded its part from its volume.
+        assert _all_found(client, docs) == []
+
+
+def _shards_answering(client: GnesClient) -> int:
+    """How many shards answered one query (the reducer counts the answers it merged)."""
+    request = pb.Request(request_id=time.monotonic_ns() % (1 << 31))
+    request.search.query.raw_text = "how many shards answer"
+    request.search.query.doc_type = pb.Document.TEXT
+    request.search.top_k = 1
+    response = client.call(request)
+    return (
+        int(response.search.shards_answered)
+        if response.search.shards_answered == response.search.shards_expected
+        else -1
+    )
