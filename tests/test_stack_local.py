@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
+import re
+import signal
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from gnes.cli import healthcheck
-from gnes.stack.compose import ProcessSpec, expand_stack, find_free_port
+from gnes.client import GnesClient
+from gnes.stack.compose import ProcessSpec, StackError, expand_stack, find_free_port
 from gnes.stack.local import LocalStack, StackStartError, free_port_overrides
+from gnes.supervise import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "compose" / "gnes-swarm.yml"
@@ -59,4 +68,185 @@ def test_local_stack_with_hash_encoder_starts_and_stops(tmp_path: Path) -> None:
         assert (tmp_path / "volumes" / "gnes_shard_2_data").is_dir()
     finally:
         stack.stop()
+    assert_gone(stack.processes)
+
+
+# -- supervision: restarts, scale, no orphans ----------------------------------------------------------
+
+HASH_YAMLS = {
+    "ENCODER_YAML_PATH": str(REPO / "yaml/encoder-hash.yml"),
+    "INDEXER_YAML_PATH": str(REPO / "yaml/indexer-hash.yml"),
+}
+TEXTS = [f"document number {i} about topic {i % 7}" for i in range(30)]
+
+
+def gone(pid: int) -> bool:
+    """The process no longer runs (a zombie nobody reaps counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.1)
+
+
+def index_and_find(grpc_port: int, texts: list[str] = TEXTS) -> None:
+    """Index `texts` and find one of them again: every service of the pipeline took part."""
+    with GnesClient(port=grpc_port, timeout=30) as client:
+        summary = client.index(texts, batch_size=10)
+        assert summary.errors == [] and summary.num_docs == len(texts)
+        assert client.query(texts[3], top_k=1)[0].doc_id == 3
+
+
+class Lines(io.StringIO):
+    """Output that tests can read while the stack writes it from other threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            return super().write(text)
+
+    def text(self) -> str:
+        with self.lock:
+            return self.getvalue()
+
+
+@pytest.fixture
+def hash_stack(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A running stack of the repository's stack file with the hash encoder and one shard; output in .output."""
+    overrides = free_port_overrides(INDEXER_REPLICAS="1", **HASH_YAMLS)
+    output = Lines()
+    stack = LocalStack.from_file(
+        COMPOSE, workdir=tmp_path, overrides=overrides, quiet=True, stop_grace=10, scale_grace=10, output=output
+    )
+    stack.grpc_port = int(overrides["GRPC_PORT"])  # type: ignore[attr-defined]
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        assert_gone(stack.processes)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_service_killed_with_sigkill_is_restarted_on_its_ports_and_the_stack_serves_again(hash_stack) -> None:  # type: ignore[no-untyped-def]
+    stack, output = hash_stack, hash_stack._output
+    index_and_find(stack.grpc_port)
+    encoder = next(spec for spec in stack.specs if spec.name == "encoder.1")
+    first = stack.processes["encoder.1"]
+    os.killpg(first.pid, signal.SIGKILL)
+    # The stack file's policy: on-failure, 5 s delay, 3 attempts in 60 s.
+    wait_for(lambda: "encoder.1 restarted as pid" in output.text(), 30, "the restart")
+    assert f"encoder.1 (pid {first.pid}) killed by SIGKILL; restart attempt 1 of 3 in 5s" in output.text()
+    second = stack.processes["encoder.1"]
+    assert second.pid != first.pid and second.poll() is None and gone(first.pid)
+    # Same slot, same control port: the health check of the service finds it where it was.
+    wait_for(lambda: healthcheck.check_ready(encoder.ctrl_host, encoder.ctrl_port, 1.0), 30, "the restarted encoder")
+    index_and_find(stack.grpc_port, [f"after the restart {i}" for i in range(10)])
+    assert stack.slots("encoder") == [1]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_scale_the_encoder_up_and_down_while_the_stack_serves(hash_stack) -> None:  # type: ignore[no-untyped-def]
+    stack = hash_stack
+    assert stack.scale("encoder", 3) == [1, 2, 3]
+    procs = stack.processes
+    for slot in (2, 3):
+        spec = next(s for s in stack.specs if s.name == f"encoder.{slot}")
+        assert procs[spec.name].poll() is None
+        assert healthcheck.check_ready(spec.ctrl_host, spec.ctrl_port, 5.0)
+        assert spec.ctrl_port != next(s for s in stack.specs if s.name == "encoder.1").ctrl_port
+    index_and_find(stack.grpc_port)
+    removed = [procs["encoder.2"], procs["encoder.3"]]
+    assert stack.scale("encoder", 1, stop_grace=20) == [1]
+    # Scaled away with SIGTERM, and they exited on their own (not killed after the grace).
+    assert [proc.returncode for proc in removed] == [0, 0]
+    assert all(gone(proc.pid) for proc in removed)
+    assert "did not exit within" not in stack._output.text()
+    index_and_find(stack.grpc_port, [f"after the scale-down {i}" for i in range(10)])
+    assert stack.scale("encoder", 2) == [1, 2]  # the lowest free slot again, as swarm does
+    with pytest.raises(StackError, match="no service"):
+        stack.scale("nonesuch", 2)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(180)
+def test_gnes_stack_scales_through_its_work_dir_and_kill_9_of_it_leaves_no_service(tmp_path: Path) -> None:
+    overrides = free_port_overrides(INDEXER_REPLICAS="2", **HASH_YAMLS)
+    env_args = [f"{key}={value}" for key, value in overrides.items()]
+    command = [sys.executable, "-m", "gnes", "stack", "-f", str(COMPOSE), "--workdir", str(tmp_path), "--quiet"]
+    stack = subprocess.Popen(
+        [*command, "--env", *env_args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    pids: list[int] = []
+
+    def ps() -> dict[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-m", "gnes", "stack", "ps", "--workdir", str(tmp_path)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        return {name: int(pid) for name, pid in re.findall(r"(\S+\.\d+) \(pid (\d+)\)", out)}
+
+    try:
+        wait_for(lambda: (tmp_path / "stack.json").is_file() or stack.poll() is not None, 90, "stack.json")
+        assert stack.poll() is None, stack.stdout.read()  # type: ignore[union-attr]
+        assert len(ps()) == 7
+        scaled = subprocess.run(
+            [sys.executable, "-m", "gnes", "stack", "scale", "encoder=2", "--workdir", str(tmp_path)],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert scaled.returncode == 0, scaled.stderr
+        assert "encoder: 2 replica(s)" in scaled.stdout
+        running = ps()
+        pids = list(running.values())
+        assert len(pids) == 8 and "encoder.2" in running
+        index_and_find(int(overrides["GRPC_PORT"]))
+        stack.kill()  # kill -9 the supervisor: no chance to stop anything itself
+        stack.wait()
+        wait_for(lambda: all(gone(pid) for pid in pids), 5, f"every service of the stack gone ({running})")
+    finally:
+        stack.kill()
+        stack.wait()
+        for pid in pids:
+            if not gone(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_wait_stops_the_stack_and_fails_once_a_service_has_no_restart_left(tmp_path: Path) -> None:
+    specs = expand_stack(COMPOSE, workdir=tmp_path, overrides=free_port_overrides(**HASH_YAMLS))
+    proxy = next(spec for spec in specs if spec.name == "income-proxy.1")
+    proxy = dataclasses.replace(proxy, restart=RestartPolicy("on-failure", delay=0.2, max_attempts=1, window=60))
+    output = Lines()
+    stack = LocalStack([proxy], workdir=tmp_path, quiet=True, output=output)
+    result: list[int] = []
+    waiter = threading.Thread(target=lambda: result.append(stack.wait()), daemon=True)
+    try:
+        stack.start()
+        waiter.start()
+        first = stack.processes["income-proxy.1"]
+        os.killpg(first.pid, signal.SIGKILL)
+        wait_for(lambda: "income-proxy.1 restarted" in output.text(), 30, "the one restart")
+        os.killpg(stack.processes["income-proxy.1"].pid, signal.SIGKILL)
+        waiter.join(timeout=30)
+        assert result == [128 + signal.SIGKILL]
+        assert "GIVING UP (all 1 restart attempts used within 60s)" in output.text()
+        assert "stopping the stack" in output.text()
+    finally:
+        stack.stop()  # also ends a wait() still running
+        if waiter.is_alive():
+            waiter.join(timeout=30)
     assert_gone(stack.processes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 
 import gnes
 from gnes.cli.signals import sigterm_as_interrupt
-from gnes.stack.compose import expand_stack
+from gnes.stack.compose import expand_replica, expand_stack
+from gnes.stack.control import ControlServer
 from gnes.stack.interpolate import StackError
-from gnes.stack.local import LocalStack, StackStartError
+from gnes.stack.local import DEFAULT_SCALE_GRACE, DEFAULT_STOP_GRACE, LocalStack, StackStartError
 
 __all__ = ["DEFAULT_COMPOSE_FILE", "add_arguments", "add_parser", "main", "parse_env", "run"]
 
@@ -21,19 +23,33 @@ DEFAULT_COMPOSE_FILE = Path("compose") / "gnes-swarm.yml"
 _DESCRIPTION = """\
 Run the services of a Docker Swarm stack file as processes on this machine: replicas become separate
 processes, service names resolve to 127.0.0.1, configs are read from their files and volumes become
-directories under the work dir. Waits until Ctrl-C (or until a process dies) and then stops everything."""
+directories under the work dir. A process that dies is restarted per its deploy.restart_policy; once one
+is given up (no restart left) the whole stack stops with a non-zero exit code, else it runs until Ctrl-C.
+
+  gnes stack [-f FILE] [--workdir DIR]                  start the stack and keep it up
+  gnes stack scale SERVICE=N [...] --workdir DIR        change replica counts of the stack running in DIR
+  gnes stack ps --workdir DIR                           the replicas and pids of the stack running in DIR"""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``stack`` subcommand to the main CLI's ``add_subparsers()`` object."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "stack", help="run a stack file as local processes", description=_DESCRIPTION
+        "stack",
+        help="run a stack file as local processes",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        nargs="*",
+        metavar="ACTION",
+        help="nothing (run the stack), 'scale SERVICE=N ...' or 'ps', for the stack running in --workdir",
+    )
     parser.add_argument(
         "-f",
         "--file",
@@ -56,7 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--stack_name", default="gnes", help="the stack name swarm templates see (default: gnes)")
     parser.add_argument("--start_timeout", type=float, default=120.0, help="seconds for the whole stack to be ready")
-    parser.add_argument("--stop_grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument(
+        "--stop_grace",
+        type=float,
+        default=None,
+        help="seconds between SIGTERM and SIGKILL (default: when stopping, each service's stop_grace_period "
+        f"or {DEFAULT_STOP_GRACE:g}; when scaling down, {DEFAULT_SCALE_GRACE:g})",
+    )
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
@@ -83,10 +105,14 @@ def _compose_file(given: Path | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gnes stack`` with parsed arguments; returns the process exit code."""
+    if args.action:
+        from gnes.stack.control_cli import run_action  # the client side needs nothing of the stack code
+
+        return run_action(args.action, args.workdir, args.stop_grace)
     try:
-        specs = expand_stack(
-            _compose_file(args.file), workdir=args.workdir, overrides=parse_env(args.env), stack_name=args.stack_name
-        )
+        compose_file = _compose_file(args.file)
+        where = {"workdir": args.workdir, "overrides": parse_env(args.env), "stack_name": args.stack_name}
+        specs = expand_stack(compose_file, **where)  # type: ignore[arg-type]
     except StackError as exc:
         print(f"gnes stack: {exc}", file=sys.stderr)
         return 2
@@ -96,15 +122,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     stack = LocalStack(
-        specs, workdir=args.workdir, quiet=args.quiet, start_timeout=args.start_timeout, stop_grace=args.stop_grace
+        specs,
+        workdir=args.workdir,
+        quiet=args.quiet,
+        start_timeout=args.start_timeout,
+        stop_grace=args.stop_grace,
+        replica_factory=functools.partial(expand_replica, compose_file, **where),  # type: ignore[arg-type]
     )
     restore = sigterm_as_interrupt()
     try:
-        with stack:
+        with stack, ControlServer(stack, args.workdir):
             for service, endpoint in stack.endpoints().items():
                 print(f"gnes stack | ready: {service} serves gRPC at {endpoint}", flush=True)
             if args.quiet:
                 print(f"gnes stack | logs in {args.workdir / 'logs'}", flush=True)
+            print(f"gnes stack | scale with: gnes stack scale SERVICE=N --workdir {args.workdir}", flush=True)
             print("gnes stack | press Ctrl-C to stop", flush=True)
             return stack.wait()
     except StackStartError as exc:

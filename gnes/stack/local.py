@@ -102,6 +102,7 @@ class LocalStack:
         self._live: dict[str, ManagedProcess] = {}  # supervised (running or waiting for a restart)
         self._launched: dict[str, ManagedProcess] = {}  # everything launched since start()
         self._given_up: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._stopped = threading.Event()
         self._scale_lock = threading.Lock()
         self._write_lock = threading.Lock()
 
@@ -155,6 +156,7 @@ class LocalStack:
             raise RuntimeError("this stack is already running")
         self._prepare(self.specs)
         self._launched = {}
+        self._stopped.clear()
         while not self._given_up.empty():
             self._given_up.get()
         groups: dict[str, list[ProcessSpec]] = {}
@@ -173,13 +175,15 @@ class LocalStack:
         """SIGTERM every process group (reverse start order), SIGKILL what is left after the grace."""
         procs = list(reversed(self._live.values()))
         self._live = {}
+        self._stopped.set()
         graces = {spec.name: self._stop_grace(spec) for spec in self.specs}
         for proc in self._supervisor.terminate(procs, DEFAULT_STOP_GRACE, graces=graces):
             self._emit(f"{proc.name} did not stop within {graces.get(proc.name, DEFAULT_STOP_GRACE):g}s; killed it")
 
     def wait(self) -> int:
         """Keep the stack up (crashed processes restart per their policy) until Ctrl-C/SIGTERM (returns 0) or
-        until a process is given up (returns its exit code, 128+N if killed by signal N); then stop it."""
+        until a process is given up (returns its exit code, 128+N if killed by signal N); then stop it.
+        Also returns 0 when another thread stops the stack."""
         if not self._live:
             raise RuntimeError("the stack is not running; call start() first")
         try:
@@ -187,6 +191,8 @@ class LocalStack:
                 try:
                     name, code = self._given_up.get(timeout=0.5)
                 except queue.Empty:
+                    if self._stopped.is_set():
+                        return 0
                     continue
                 self._emit(f"{name} has no restart left: the stack cannot serve without it; stopping the stack")
                 self.stop()
