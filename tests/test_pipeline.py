@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -126,25 +127,31 @@ def test_garbage_frames_are_dropped_and_every_service_keeps_serving(hash_pipelin
 def test_concurrent_clients_each_get_their_own_answer(hash_pipeline) -> None:
     with GnesClient(port=hash_pipeline.grpc_port) as client:
         _index(client)
-    failures: list[str] = []
+    workers = 8
+    start = threading.Barrier(workers)  # every client is connected before any asks: they overlap
 
-    def ask(worker: int) -> None:
+    def ask(worker: int) -> list[tuple[int, int, int]]:
+        """(asked, got, request id of the answer) per query of this worker."""
+        answers = []
         with GnesClient(port=hash_pipeline.grpc_port) as own:
-            for doc_id in range(worker, 200, 8):
+            start.wait(timeout=30)
+            for doc_id in range(worker, len(TEXTS), workers):
                 request = pb.Request(request_id=7)  # the same id from every caller
                 request.search.query.raw_text = TEXTS[doc_id]
                 request.search.top_k = 1
                 response = own.call(request)
-                got = response.search.topk_results[0].doc.doc_id
-                if got != doc_id or response.request_id != 7:
-                    failures.append(f"worker {worker}: asked {doc_id}, got {got}")
+                answers.append((doc_id, response.search.topk_results[0].doc.doc_id, response.request_id))
+        return answers
 
-    threads = [threading.Thread(target=ask, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == []
+    # .result() re-raises a worker's exception here, so a crashing worker fails the test.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(ask, w) for w in range(workers)]
+        results = [f.result(timeout=120) for f in futures]
+    for worker, answers in enumerate(results):
+        asked = list(range(worker, len(TEXTS), workers))
+        assert [a[0] for a in answers] == asked, f"worker {worker} did not ask every query"
+        assert [(a[1], a[2]) for a in answers] == [(doc_id, 7) for doc_id in asked], f"worker {worker}"
+    assert sum(len(a) for a in results) == len(TEXTS)
 
 
 def test_stream_call_keeps_many_requests_in_flight_and_matches_ids(hash_pipeline) -> None:
