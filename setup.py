@@ -16,6 +16,7 @@ cluster = ["submitit>=1.5"]
 test = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "kubernetes-validate>=1.30",
     "ruff>=0.6",
     "gensim==4.4.0",
     "grpcio-tools==1.85.1",

@@ -28,7 +28,8 @@ is given up (no restart left) the whole stack stops with a non-zero exit code, e
 
   gnes stack [-f FILE] [--workdir DIR]                  start the stack and keep it up
   gnes stack scale SERVICE=N [...] --workdir DIR        change replica counts of the stack running in DIR
-  gnes stack ps --workdir DIR                           the replicas and pids of the stack running in DIR"""
+  gnes stack ps --workdir DIR                           the replicas and pids of the stack running in DIR
+  gnes stack k8s [-f FILE] -o DIR                       write the stack as Kubernetes manifests to DIR"""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -48,8 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "action",
         nargs="*",
         metavar="ACTION",
-        help="nothing (run the stack), 'scale SERVICE=N ...' or 'ps', for the stack running in --workdir",
+        help="nothing (run the stack), 'scale SERVICE=N ...' or 'ps' (for the stack running in --workdir), "
+        "or 'k8s' (write manifests to --output)",
     )
+    parser.add_argument("-o", "--output", type=Path, default=Path("k8s"), help="where 'k8s' writes (default: k8s)")
     parser.add_argument(
         "-f",
         "--file",
@@ -105,6 +108,8 @@ def _compose_file(given: Path | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gnes stack`` with parsed arguments; returns the process exit code."""
+    if args.action == ["k8s"]:
+        return _write_k8s(args)
     if args.action:
         from gnes.stack.control_cli import run_action  # the client side needs nothing of the stack code
 
@@ -146,6 +151,21 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         restore()
+
+
+def _write_k8s(args: argparse.Namespace) -> int:
+    from gnes.stack.k8s import write_manifests
+
+    try:
+        written = write_manifests(
+            _compose_file(args.file), args.output, overrides=parse_env(args.env), stack_name=args.stack_name
+        )
+    except (StackError, OSError, ValueError) as exc:
+        print(f"gnes stack k8s: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
