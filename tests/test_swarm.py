@@ -42,6 +42,15 @@ class Swarm:
         result = subprocess.run(["bash", str(SWARM_SH), *args], env=self.env, text=True, timeout=timeout)
         assert result.returncode == 0, f"scripts/swarm.sh {' '.join(args)} failed"
 
+    def task_container(self, service: str, slot: int) -> str:
+        """The running container of the task in `slot` of the service ('' when there is none)."""
+        for container in self.containers(service):
+            labels = json.loads(self.docker("inspect", "-f", "{{json .Config.Labels}}", container))
+            # Task names are "<stack>_<service>.<slot>.<task id>".
+            if labels.get("com.docker.swarm.task.name", "").split(".")[1:2] == [str(slot)]:
+                return container
+        return ""
+
     def containers(self, service: str, *filters: str) -> list[str]:
         args = ["ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_{service}"]
         for f in filters:
@@ -119,18 +128,17 @@ def test_swarm_index_scale_kill_recover(swarm: Swarm) -> None:
         _wait("queries reach 3 shards", lambda: _shards_answering(client) == 3, 60)
         assert _all_found(client, docs) == []
 
-        # Kill one shard's container outright; swarm restarts the task (on-failure) on the same slot volume.
-        before = set(swarm.containers("indexer"))
-        victim = sorted(before)[0]
-        slot = json.loads(swarm.docker("inspect", victim))[0]["Config"]["Labels"]["com.docker.swarm.task.name"]
+        # Kill slot 1's container outright (it holds documents; slot 3 is new and empty). Swarm restarts the
+        # task (restart policy on-failure) in the same slot, so it mounts the same volume.
+        victim = swarm.task_container("indexer", 1)
         swarm.docker("kill", "-s", "KILL", victim)
         started = time.monotonic()
 
         def replaced() -> bool:
             healthy = set(swarm.containers("indexer", "health=healthy"))
-            return len(healthy) == 3 and victim not in healthy
+            return len(healthy) == 3 and victim not in healthy and swarm.task_container("indexer", 1) in healthy
 
-        _wait(f"swarm to restart the killed indexer ({slot})", replaced, 150)
+        _wait("swarm to restart the killed indexer of slot 1", replaced, 150)
         print(f"swarm: killed indexer back and healthy in {time.monotonic() - started:.1f} s")
         _wait("queries reach 3 shards again", lambda: _shards_answering(client) == 3, 60)
         # Every document is found again: the restarted shard reloaded its part from its volume.
