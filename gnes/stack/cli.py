@@ -11,10 +11,11 @@ from typing import Any
 
 import gnes
 from gnes.cli.signals import sigterm_as_interrupt
-from gnes.stack.compose import expand_replica, expand_stack
+from gnes.stack.compose import expand_stack
 from gnes.stack.control import ControlServer
 from gnes.stack.interpolate import StackError
 from gnes.stack.local import DEFAULT_SCALE_GRACE, DEFAULT_STOP_GRACE, LocalStack, StackStartError
+from gnes.stack.replica import expand_replica
 
 __all__ = ["DEFAULT_COMPOSE_FILE", "add_arguments", "add_parser", "main", "parse_env", "run"]
 

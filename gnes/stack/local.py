@@ -1,11 +1,9 @@
 """Run an expanded stack as local ``gnes`` processes under one :class:`~gnes.supervise.Supervisor`: start in
 dependency order, restart per each service's ``deploy.restart_policy``, scale a service, stop cleanly.
 
-When a process ends and its policy allows no restart (condition none, on-failure after exit 0, or
-max_attempts used up), the stack is broken for good: :meth:`LocalStack.wait` then stops everything and
-returns non-zero, so that whatever runs ``gnes stack`` (a shell, systemd) sees the failure. Until then a
-crash costs only the restart delay, and the stack keeps serving with the other replicas.
-"""
+A crash costs a restart delay while the stack keeps serving. A process given up (no restart left) breaks the
+stack for good: :meth:`LocalStack.wait` then stops everything and returns non-zero, for whatever runs
+``gnes stack`` (a shell, systemd) to see."""
 
 from __future__ import annotations
 
@@ -23,7 +21,8 @@ from typing import TextIO
 
 import gnes
 from gnes.stack.argv import port_values
-from gnes.stack.compose import ProcessSpec, expand_replica, expand_stack, find_free_ports, flag_value
+from gnes.stack.compose import ProcessSpec, expand_stack, find_free_ports, flag_value
+from gnes.stack.replica import expand_replica
 from gnes.supervise import LaunchSpec, ManagedProcess, NotReadyError, ProcessExitedError, RestartPolicy, Supervisor
 
 __all__ = ["LocalStack", "ReadyCheck", "StackStartError", "free_port_overrides"]
@@ -31,8 +30,7 @@ __all__ = ["LocalStack", "ReadyCheck", "StackStartError", "free_port_overrides"]
 ReadyCheck = Callable[[str, int, float], bool]
 """``check(host, ctrl_port, timeout) -> bool``: does the service answer READY on its control port?"""
 
-ReplicaFactory = Callable[..., ProcessSpec]
-"""``factory(service, slot, taken_ports=...) -> ProcessSpec``, see :func:`gnes.stack.compose.expand_replica`."""
+ReplicaFactory = Callable[..., ProcessSpec]  # (service, slot, taken_ports=...), see replica.expand_replica
 
 DEFAULT_STOP_GRACE = 10.0  # for services without stop_grace_period
 DEFAULT_SCALE_GRACE = 120.0  # a shard scaled away first hands its documents over to the others
@@ -60,13 +58,6 @@ def free_port_overrides(**extra: str) -> dict[str, str]:
 
 class StackStartError(RuntimeError):
     """A process of the stack exited or did not become ready in time; the message holds its last log lines."""
-
-
-def _default_ready_check() -> ReadyCheck:
-    # Imported on use: the health check pulls in zmq and the service code, which --print does not need.
-    from gnes.cli.healthcheck import check_ready
-
-    return check_ready
 
 
 class LocalStack:
@@ -223,10 +214,7 @@ class LocalStack:
                 self._emit(f"scaling {service} to {replicas}: stopping {', '.join(p.name for p in victims)}")
             for proc in self._supervisor.terminate(victims, grace):
                 self._emit(f"{proc.name} did not exit within {grace:g}s of SIGTERM; killed it")
-            names = {proc.name for proc in victims}
-            for name in names:
-                self._live.pop(name, None)
-            self.specs = [spec for spec in self.specs if spec.name not in names]
+            self._forget({proc.name for proc in victims})
             return self.slots(service)
 
     def _scale_up(self, service: str, slots: list[int]) -> None:
@@ -243,7 +231,10 @@ class LocalStack:
         self._start_ready(specs, time.monotonic() + self.start_timeout, on_failure_stop=True)
 
     def _start_ready(self, specs: list[ProcessSpec], deadline: float, on_failure_stop: bool = False) -> None:
-        check = self._ready_check or _default_ready_check()
+        # Imported on use: the health check pulls in zmq and the service code, which --print does not need.
+        from gnes.cli.healthcheck import check_ready
+
+        check = self._ready_check or check_ready
         started = [(spec, self._launch(spec)) for spec in specs]
         try:
             for spec, proc in started:
@@ -256,10 +247,14 @@ class LocalStack:
         except BaseException:
             if on_failure_stop:
                 self._supervisor.terminate([proc for _, proc in started], DEFAULT_STOP_GRACE)
-                for spec, _ in started:
-                    self._live.pop(spec.name, None)
-                self.specs = [s for s in self.specs if s not in specs]
+                self._forget({spec.name for spec in specs})
             raise
+
+    def _forget(self, names: set[str]) -> None:
+        """Replicas that are gone for good (scaled away): no longer part of the stack."""
+        for name in names:
+            self._live.pop(name, None)
+        self.specs = [spec for spec in self.specs if spec.name not in names]
 
     def _launch(self, spec: ProcessSpec) -> ManagedProcess:
         env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
@@ -271,10 +266,10 @@ class LocalStack:
             [sys.executable, "-m", "gnes", *spec.argv],
             env=env,
             log_file=self.workdir / "logs" / f"{spec.name}.log" if self.quiet else None,
-            echo=None if self.quiet else functools.partial(self._prefixed, spec.name),
+            echo=None if self.quiet else lambda line, name=spec.name: self._write(f"{name} | {line}\n"),
         )
-        if spec not in self.specs:
-            self.specs.append(spec)
+        if spec not in self.specs:  # a new replica; it replaces a given-up one of the same slot
+            self.specs = [*(s for s in self.specs if s.name != spec.name), spec]
         # No restarts until it is ready (see _start_ready).
         proc = self._supervisor.start(launch, RestartPolicy.never())
         self._live[spec.name] = self._launched[spec.name] = proc
@@ -296,9 +291,6 @@ class LocalStack:
     def _gave_up(self, proc: ManagedProcess, code: int) -> None:
         self._live.pop(proc.name, None)
         self._given_up.put((proc.name, code))
-
-    def _prefixed(self, name: str, line: str) -> None:
-        self._write(f"{name} | {line}\n")
 
     def _emit(self, message: str) -> None:
         self._write(f"gnes stack | {message}\n")
