@@ -73,7 +73,8 @@ def start_inprocess_pipeline(
     broadcast = ports["broadcast"]
     specs = [
         spec("income", MapProxyService, "income_in", "income_out", "PULL_BIND PUSH_BIND", batch_size=batch_size),
-        spec("middle", ShardProxyService, "middle_in", "middle_out", "PULL_BIND PUSH_BIND", port_broadcast=broadcast),
+        # The middleman's own answers (a shard that is down, a write held too long) go straight to the reducer.
+        spec("middle", ShardProxyService, "middle_in", "out_in", "PULL_BIND PUSH_CONNECT", port_broadcast=broadcast),
         spec("outgoing", ReduceProxyService, "out_in", "out_out", "PULL_BIND PUB_BIND", reduce_timeout=reduce_timeout),
         spec("encoder", EncoderService, "income_out", "middle_in", "PULL_CONNECT PUSH_CONNECT", yaml_path=encoder_yaml),
     ]
@@ -85,8 +86,9 @@ def start_inprocess_pipeline(
                 IndexerService,
                 "middle_out",
                 "out_in",
-                "PULL_CONNECT PUSH_CONNECT",
+                "NONE PUSH_CONNECT",
                 port_broadcast=broadcast,
+                shard_id=str(i + 1),
                 yaml_path=indexer_yaml,
                 dump_path=dump,
             )
@@ -115,12 +117,16 @@ def start_inprocess_pipeline(
 
 
 def wait_for_shards(middleman, shards: int, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Until the middleman's placement holds `shards` members and no move is under way."""
     import time
 
     deadline = time.monotonic() + timeout
-    while len(middleman.shards) < shards:
+    while True:
+        info = middleman.status_info()
+        if len(info["members"]) == shards and not info["migrating"]:
+            return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(middleman.shards)} of {shards} shards subscribed")
+            raise TimeoutError(f"the middleman's placement is {info['members']}, not {shards} shards")
         time.sleep(0.01)
 
 

@@ -31,7 +31,7 @@ def _stack(workdir: Path, overrides: dict[str, str]) -> LocalStack:
 def test_real_model_stack_finds_documents_survives_a_paused_shard_and_a_restart(tmp_path: Path) -> None:
     docs = _docs()
     assert len(docs) == 50
-    overrides = stack_overrides(INDEXER_REPLICAS="2", REDUCE_TIMEOUT="2")
+    overrides = stack_overrides(INDEXER_REPLICAS="2", REDUCE_TIMEOUT="20")
     port = int(overrides["GRPC_PORT"])
     with _stack(tmp_path, overrides) as stack, GnesClient(port=port, timeout=120) as client:
         summary = client.index(docs, batch_size=20)
@@ -42,7 +42,8 @@ def test_real_model_stack_finds_documents_survives_a_paused_shard_and_a_restart(
             hits = client.query(first_sentence, top_k=5)
             assert hits[0].doc_id == doc_id, (first_sentence, hits[0])
             assert hits[0].text == docs[doc_id]
-        # a paused shard: the answer comes from the other shard, marked partial, after the timeout
+        # a paused shard: the answer comes from the other shard, marked partial, as soon as the
+        # middleman misses the shard's heartbeat (3 s), long before the reduce timeout (20 s)
         shard = stack.processes["indexer.1"]
         os.killpg(shard.pid, signal.SIGSTOP)
         try:
@@ -53,8 +54,12 @@ def test_real_model_stack_finds_documents_survives_a_paused_shard_and_a_restart(
             os.killpg(shard.pid, signal.SIGCONT)
         search = request_hits.search
         assert search.partial and search.shards_answered == 1 and search.shards_expected == 2
-        assert 1.5 < waited < 10
-        assert not client.call(_query_request(docs[3])).search.partial
+        assert waited < 8, f"the partial answer took {waited:.1f}s"
+        # once the shard is heard again, answers are whole again
+        deadline = time.monotonic() + 10
+        while client.call(_query_request(docs[3])).search.partial:
+            assert time.monotonic() < deadline, "answers stayed partial after the shard came back"
+            time.sleep(0.1)
     # every process is gone, and a restart on the same data finds every document again
     assert all(p.poll() is not None for p in stack.processes.values())
     with _stack(tmp_path, stack_overrides(INDEXER_REPLICAS="2")) as stack2:

@@ -255,14 +255,7 @@ def test_a_burst_on_the_direct_socket_is_committed_in_groups_and_answered_in_ord
     "size",
     [
         512,  # 16 requests fill a group exactly
-        pytest.param(
-            1000,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="_joins admits a request while the group holds fewer than 8,192 documents, "
-                "without counting the request's own: 9 x 1,000 = 9,000 go into one commit",
-            ),
-        ),
+        1000,  # 8 requests fit; the 9th would pass the bound and starts the next group
     ],
 )
 def test_requests_totalling_more_than_8192_documents_are_split_at_the_bound(direct_shard, size: int) -> None:
@@ -282,7 +275,6 @@ def test_requests_totalling_more_than_8192_documents_are_split_at_the_bound(dire
     assert len(commits) >= 3 and max(sizes) > 1, f"documents per commit: {docs}"
 
 
-@pytest.mark.xfail(strict=True, reason="_joins does not count the joining request's own documents")
 def test_a_group_stops_before_a_request_would_take_it_past_8192_documents(tmp_path: Path) -> None:
     indexes = IndexSet(tmp_path, IndexConfig(dim=DIM, metric="l2"))
     shard = IndexerService(ServiceConfig(name="shard"), indexes)

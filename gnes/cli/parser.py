@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["DEFAULT", "ERROR", "DROP"],
         help="a message this proxy has no rule for: pass on (DEFAULT), answer with an error, or drop",
     )
-    p.add_argument("--port_broadcast", type=int, default=0, help="ShardProxyService: port of the shards' query socket")
+    p.add_argument("--port_broadcast", type=int, default=0, help="ShardProxyService: the port its shards connect to")
     p.add_argument(
         "--host_broadcast",
         default="127.0.0.1",
@@ -63,14 +63,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduce_timeout", type=float, default=10.0, help="seconds a query waits for all its shards")
     p.add_argument("--index_timeout", type=float, default=600.0, help="seconds an index request waits for all parts")
     p.add_argument("--max_pending", type=int, default=10000, help="requests the reducer holds at most")
+    p.add_argument(
+        "--hold_timeout",
+        type=float,
+        default=30.0,
+        help="ShardProxyService: seconds a write waits for its shard to come back before it is answered with an error",
+    )
 
     p = sub.add_parser("encode", help="start an encoder")
     _service_flags(p, "PULL_CONNECT", "PUSH_CONNECT")
 
     p = sub.add_parser("index", help="start an indexer shard")
     _service_flags(p, "PULL_CONNECT", "PUSH_CONNECT")
-    p.add_argument("--host_broadcast", default="127.0.0.1", help="host of the middleman's query broadcast socket")
-    p.add_argument("--port_broadcast", type=int, default=0, help="port of the middleman's query broadcast socket")
+    p.add_argument("--host_broadcast", default="127.0.0.1", help="host of the middleman (ShardProxyService)")
+    p.add_argument("--port_broadcast", type=int, default=0, help="the middleman's --port_broadcast: the shard link")
+    p.add_argument(
+        "--shard_id",
+        default="",
+        help="stable name of this shard in the placement (default: $TASK_SLOT, else one kept in --dump_path)",
+    )
+    p.add_argument(
+        "--leave_timeout",
+        type=float,
+        default=300.0,
+        help="seconds a shard asked to stop (SIGTERM) may spend handing its documents to the others",
+    )
     p.add_argument("--save_interval", type=float, default=0.0, help="seconds between periodic saves (0: on stop)")
     p.add_argument(
         "--port_direct",

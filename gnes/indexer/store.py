@@ -170,6 +170,12 @@ class IndexStore:
             if ids:
                 yield np.asarray(ids, dtype=np.int64), np.stack(rows)
 
+    def ids(self) -> np.ndarray:
+        """Every stored id, in id order (keys only: no vector is read)."""
+        with self._env.begin(buffers=True) as txn:
+            raw = b"".join(bytes(key) for key in txn.cursor(db=self._vecs).iternext(keys=True, values=False))
+        return np.frombuffer(raw, dtype=">u8").astype(np.int64)
+
     def iter_metas(self) -> Iterator[tuple[int, str]]:
         with self._env.begin(buffers=False) as txn:
             for key, value in txn.cursor(db=self._docs):

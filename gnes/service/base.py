@@ -84,9 +84,13 @@ class BaseService:
     def run_forever(self) -> int:
         """Serve in this (main) thread until SIGTERM/SIGINT or a TERMINATE control request."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
+            signal.signal(sig, lambda *_: self.on_stop_signal())
         self._run_guarded()
         return 1 if self._failure is not None else 0
+
+    def on_stop_signal(self) -> None:
+        """SIGTERM or SIGINT: stop. A service with work to hand over first overrides this."""
+        self._stop.set()
 
     @property
     def is_ready(self) -> bool:

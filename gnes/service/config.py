@@ -32,6 +32,7 @@ class ServiceConfig:
     reduce_timeout: float = 10.0
     index_timeout: float = 600.0
     max_pending: int = 10000
+    hold_timeout: float = 30.0  # middleman: seconds a write waits for its shard to come back
     # frontend
     grpc_host: str = "127.0.0.1"
     grpc_port: int = 8800
@@ -43,6 +44,8 @@ class ServiceConfig:
     host_direct: str = "127.0.0.1"
     discovery: str = ""
     rank: int = 0
+    shard_id: str = ""  # stable id in the placement; default $TASK_SLOT, else kept in --dump_path
+    leave_timeout: float = 300.0  # seconds a shard asked to stop may spend handing its documents over
 
     @property
     def in_spec(self) -> SocketSpec:

@@ -18,14 +18,14 @@ import numpy as np
 import zmq
 
 from ..config import load_component
+from ..elastic.shard_link import ShardLink, resolve_shard_id
 from ..indexer.config import DEFAULT_INDEX, IndexConfig
 from ..indexer.index_set import IndexSet
 from ..indexer.logical import Batch, LogicalIndex
 from ..proto import WireError, array_to_nd, doc_text, nd_to_array, pb
 from .base import BaseService
 from .message import BodyType, Packet, error_response, parse_frames, stamp_route
-from .proxy import new_shard_topic
-from .sockets import SocketSpec, SocketType, bind_port, open_socket
+from .sockets import bind_port
 
 _POLL_TRAINING_S = 0.05
 # Group commit bounds: messages taken per drain of the direct socket, documents per commit.
@@ -45,7 +45,9 @@ class IndexerService(BaseService):
     def __init__(self, config, indexes: IndexSet | None = None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)
         self.indexes = indexes
-        self.topic = new_shard_topic()
+        self.link: ShardLink | None = None
+        self._leaving = False
+        self._leave_started: float | None = None
         self._last_save = self._last_poll = time.monotonic()
         self.direct_port = 0
 
@@ -61,13 +63,14 @@ class IndexerService(BaseService):
     def open_extra_sockets(self, ctx: zmq.Context) -> None:
         cfg = self.config
         if cfg.port_broadcast:
-            spec = SocketSpec(SocketType.SUB_CONNECT, cfg.host_broadcast, cfg.port_broadcast)
-            broadcast = open_socket(ctx, spec, hwm=cfg.hwm, subscribe=(self.topic,))
-            self.watch(broadcast, lambda sock: self._drain(sock, has_topic=True))
-        elif cfg.socket_in.upper() != "NONE":
-            self.log.warning("no --port_broadcast: this shard gets queries only through its input socket")
-        if cfg.port_direct < 0 and cfg.socket_in.upper() == "NONE":
-            raise ValueError("a shard with --socket_in NONE is reachable only through --port_direct: set it")
+            data_dir = Path(cfg.dump_path) if cfg.dump_path else None
+            shard_id = resolve_shard_id(cfg.shard_id, cfg.dump_path)
+            self.link = ShardLink(shard_id, lambda: self.indexes, data_dir, self._on_link_requests, self._on_link_exit)
+            self.watch(self.link.open(ctx, cfg.host_broadcast, cfg.port_broadcast, cfg.hwm), self.link.on_readable)
+            self.link.hello()
+            self.log.info("shard %s linked to the middleman at %s:%d", shard_id, cfg.host_broadcast, cfg.port_broadcast)
+        if cfg.port_direct < 0 and not cfg.port_broadcast and cfg.socket_in.upper() == "NONE":
+            raise ValueError("this shard would be unreachable: set --port_broadcast (pipeline) or --port_direct")
         if cfg.port_direct >= 0:
             router = ctx.socket(zmq.ROUTER)
             router.setsockopt(zmq.SNDHWM, cfg.hwm)
@@ -108,14 +111,37 @@ class IndexerService(BaseService):
             stamp_route(packet, self.name, self.identity)
             sock.send_multipart([client, packet.envelope.SerializeToString(), response.SerializeToString()])
 
+    def _on_link_requests(self, packets: list[Packet]) -> None:
+        self.handled += len(packets)
+        self.handle_all(packets)
+
+    def _on_link_exit(self, why: str) -> None:
+        self.log.info("shard %s stops (%s)", self.link.shard_id if self.link else "", why)
+        self._stop.set()
+
+    def on_stop_signal(self) -> None:
+        """SIGTERM: a shard in a placement asks to leave and hands its documents over first;
+        a second signal, or no middleman, stops it at once."""
+        self.leave()
+
+    def leave(self) -> None:
+        """Thread-safe: the loop thread acts on it at its next turn."""
+        if self._leaving or self.link is None:
+            self._stop.set()
+        self._leaving = True
+
     def teardown(self) -> None:
         if self.indexes is not None:
             self.indexes.close()
 
     def next_deadline(self) -> float | None:
         # While an index trains in the background, look every 50 ms whether it has finished;
-        # otherwise wake only for periodic saves.
+        # otherwise wake only for periodic saves, and for the link's hello and handover.
         deadlines = []
+        if self.link is not None:
+            deadlines.append(self.link.next_deadline())
+            if self._leaving and self._leave_started is None:
+                deadlines.append(0.0)
         if self.config.save_interval > 0:
             deadlines.append(self._last_save + self.config.save_interval)
         if self.indexes is not None and self.indexes.is_training():
@@ -123,6 +149,15 @@ class IndexerService(BaseService):
         return min(deadlines, default=None)
 
     def on_timer(self, now: float) -> None:
+        if self.link is not None:
+            if self._leaving and self._leave_started is None:
+                self._leave_started = now
+                if not self.link.leave(now):
+                    self._stop.set()
+            elif self._leaving and self.link.leave_expired(now):
+                self.log.warning("no answer to the leave request: stopping with the documents kept here")
+                self._stop.set()
+            self.link.on_timer(now)
         self.indexes.poll()
         self._last_poll = now
         if self.config.save_interval > 0 and now >= self._last_save + self.config.save_interval:
@@ -135,6 +170,8 @@ class IndexerService(BaseService):
             info["indexes"] = {name: state["count"] for name, state in self.indexes.states().items()}
             info["count"] = sum(info["indexes"].values())  # type: ignore[union-attr]
         info["direct_port"] = self.direct_port
+        if self.link is not None:
+            info.update(self.link.status())
         return info
 
     # ---- requests ----------------------------------------------------------------------
@@ -186,7 +223,7 @@ class IndexerService(BaseService):
         checked: list[Batch | Exception] = []
         for _, request in run:
             try:
-                checked.append(_index_batch(request.index))
+                checked.append(index_batch(request.index))
             except WireError as exc:
                 checked.append(exc)
         batches = [c for c in checked if not isinstance(c, Exception)]
@@ -328,12 +365,13 @@ def _index_request(packet: Packet) -> pb.Request | None:
 
 
 def _joins(run: list[tuple[Packet, pb.Request]], request: pb.Request) -> bool:
-    """Whether an index request may join the group being formed: same index, room left."""
-    docs = sum(len(r.index.docs) for _, r in run)
-    return run[0][1].index.index_name == request.index.index_name and docs < _GROUP_DOCS
+    """Whether an index request may join the group being formed: same index, and room for all
+    of its documents (a request bigger than the bound still goes, alone, into a group of its own)."""
+    docs = sum(len(r.index.docs) for _, r in run) + len(request.index.docs)
+    return run[0][1].index.index_name == request.index.index_name and docs <= _GROUP_DOCS
 
 
-def _index_batch(body: pb.Request.IndexRequest) -> Batch:
+def index_batch(body: pb.Request.IndexRequest) -> Batch:
     """The ids, vectors, texts and metadata of an index request, checked against each other."""
     if not body.HasField("embeddings"):
         raise WireError("the index request reached the indexer without vectors: is an encoder in front?")

@@ -70,6 +70,9 @@ class Reducer:
                 self._groups[key] = group
                 heapq.heappush(self._deadlines, (group.deadline, key))
             part_id = env.part_ids[-1] if env.part_ids else env.part_id
+            if part_id in group.parts:  # a resent part already answered: the first answer stands
+                self.late_parts += 1
+                break
             group.parts[part_id] = packet
             if len(group.parts) < group.expected:
                 break
@@ -166,6 +169,15 @@ def _merge_search(merged: pb.Response, responses: list[pb.Response], missing: in
     results = [res for r in responses for res in r.search.topk_results]
     sign = -1.0 if big_is_better else 1.0
     results.sort(key=lambda res: (sign * res.score.value, _result_id(res)))
+    # While documents move between shards, two shards may both hold one: it is answered once.
+    seen: set[int] = set()
+    unique = []
+    for res in results:
+        doc_id = _result_id(res)
+        if doc_id not in seen:
+            seen.add(doc_id)
+            unique.append(res)
+    results = unique
     search.topk_results.extend(results[:top_k] if top_k else results)
     search.top_k = top_k
     search.is_big_score_similar = big_is_better

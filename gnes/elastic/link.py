@@ -1,0 +1,48 @@
+"""The frames of the link between the middleman (a ROUTER) and its shards (DEALERs).
+
+Every message starts with a kind frame. A shard's routing id is its stable shard id, so the
+middleman addresses a shard by name and a restarted shard takes its name back
+(ROUTER_HANDOVER). Small control messages carry JSON; requests keep the pipeline's own
+[envelope, body] frames, so nothing is converted on the way.
+
+  shard -> middleman                      middleman -> shard
+  HELLO {id, incarnation, epoch, members}   REQ envelope body       a pipeline request part
+  ACK   envelope                            RING {epoch, members}   the placement in force
+  LEAVE {id}                                HANDOVER {epoch, members}  stream what moves away
+  MOVE  {target, index, seq, config} body   MOVE ... (forwarded to the target)
+  MOVED {source, seq}                       MOVED ... (forwarded to the source)
+  DONE  {epoch}                             GRANTED {}              a LEAVE is granted: wait
+                                            BYE / STAY {reason}     leave now, handed over or not
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+HELLO, ACK, LEAVE, MOVE, MOVED, DONE = b"HELLO", b"ACK", b"LEAVE", b"MOVE", b"MOVED", b"DONE"
+REQ, RING, HANDOVER, GRANTED, BYE, STAY = b"REQ", b"RING", b"HANDOVER", b"GRANTED", b"BYE", b"STAY"
+
+# A shard says HELLO this often; one not heard for DEAD_AFTER_S is taken for dead. A kill -9
+# closes its TCP connection, which the middleman sees at once; a frozen or cut-off shard only
+# goes quiet. The margin is wide because a loaded 2-core machine can stall a process for 1 s.
+HELLO_INTERVAL_S = 0.25
+DEAD_AFTER_S = 3.0
+
+
+def pack(info: dict[str, Any]) -> bytes:
+    return json.dumps(info, separators=(",", ":")).encode()
+
+
+def unpack(frame: bytes) -> dict[str, Any]:
+    value = json.loads(frame)
+    if not isinstance(value, dict):
+        raise ValueError("a link control frame must hold a JSON object")
+    return value
+
+
+def part_key(
+    client_id: str, request_id: int, part_ids: list[int] | tuple[int, ...]
+) -> tuple[str, int, tuple[int, ...]]:
+    """What identifies one part of one request across the whole pipeline."""
+    return client_id, request_id, tuple(part_ids)
