@@ -184,17 +184,28 @@ wheelhouse() { # $1 = slim | full
   for minor in $(seq 5 36); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
   # Only the dependencies stay here (the gnes wheel has its own layer); files already in $dest are reused.
   "$PY" -m pip download -q --dest "$dest" --only-binary=:all: --python-version 3.11 --implementation cp \
-    --abi cp311 "${platforms[@]}" "${reqs[@]}" 2>&1 | grep -v "is ignored: it is neither a file nor" >&2 || true
-  [ "${PIPESTATUS[0]}" -eq 0 ] || die "pip download for the $variant wheelhouse failed"
+    --abi cp311 "${platforms[@]}" "${reqs[@]}" >"$CACHE/pip-$variant.log" 2>&1 || {
+    grep -v "is ignored: it is neither a file nor" "$CACHE/pip-$variant.log" >&2 || true
+    die "pip download for the $variant wheelhouse failed (log: $CACHE/pip-$variant.log)"
+  }
   rm -f "$dest"/gnes-*.whl
 }
 
 image() { # $1 = slim | full
   local variant=${1:-slim} started=$SECONDS
   base_image
-  wheelhouse "$variant"
+  wheelhouse slim # full builds on the slim dependencies
+  [ "$variant" = slim ] || wheelhouse "$variant"
+  # The context holds only what this variant installs (hard links, no copies): a slim build never sends torch.
+  local ctx=$CACHE/context-$variant
+  rm -rf "$ctx"
+  mkdir -p "$ctx/wheels"
+  cp -al "$CACHE/gnes" "$ctx/gnes"
+  cp -al "$CACHE/wheels/slim" "$ctx/wheels/slim"
+  [ "$variant" = slim ] || cp -al "$CACHE/wheels/full" "$ctx/wheels/full"
   log "docker build gnes:$variant"
-  docker build -q -f docker/Dockerfile --target "$variant" --build-arg "BASE=$BASE_IMAGE" -t "gnes:$variant" . >/dev/null
+  docker build -q -f docker/Dockerfile --target "$variant" --build-arg "BASE=$BASE_IMAGE" -t "gnes:$variant" \
+    "$ctx" >/dev/null
   log "gnes:$variant built in $((SECONDS - started)) s, $(docker image inspect -f '{{.Size}}' "gnes:$variant" |
     awk '{printf "%.0f MB", $1 / 1e6}')"
 }
