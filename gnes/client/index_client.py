@@ -1,9 +1,10 @@
 """IndexClient: vectors in, ranked ids and metadata out, straight to the index shards.
 
 As in distributed faiss, coordination is on the client side: the client knows every
-shard (a discovery file or a list of addresses), places each document on shard
-`doc_id % num_shards` (consecutive ids spread round-robin, and an update or delete finds
-the one shard that holds the document), sends a query batch to all shards at once and
+shard (a discovery file or a list of addresses), places each document on the shard that
+owns its id under gnes.placement, with the shards' ranks as their stable names (the
+placement the pipeline uses too: an update or delete finds the one shard that holds the
+document, and a shard added later takes over about 1/(n+1) of the ids), sends a query batch to all shards at once and
 merges their top-k lists. Many clients may work against the same shards at once.
 Messages are protobuf only; nothing is pickled.
 
@@ -27,6 +28,7 @@ import zmq
 from ..cluster.discovery import parse_addresses, read_discovery
 from ..indexer.checks import check_doc_ids
 from ..indexer.config import IndexConfig
+from ..placement import Placement
 from ..proto import array_to_nd, nd_to_array, pb
 from ..service.message import body_type_of, parse_frames
 
@@ -66,6 +68,9 @@ class IndexClient:
         if not self.shards:
             raise ValueError("no shards to connect to")
         self.timeout = timeout
+        self.placement = Placement(str(shard.rank) for shard in self.shards)
+        # placement member -> position in self.shards (the sockets' order)
+        self._position = {str(shard.rank): i for i, shard in enumerate(self.shards)}
         self._ctx = zmq.Context()
         self._socks: list[zmq.Socket] = []
         self._poller = zmq.Poller()
@@ -275,12 +280,9 @@ class IndexClient:
         if texts is not None and len(texts) != len(ids):
             raise ValueError(f"got {len(ids)} vectors but {len(texts)} texts")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        placement = ids % self.num_shards
         parts = []
-        for shard in range(self.num_shards):
-            rows = np.flatnonzero(placement == shard)
-            if len(rows) == 0:
-                continue
+        for member, rows in self.placement.split(ids).items():
+            shard = self._position[member]
             request = pb.Request()
             body = request.index
             body.index_name = name
