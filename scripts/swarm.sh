@@ -11,7 +11,8 @@
 #   bash scripts/swarm.sh env       print the DOCKER_HOST line to talk to this engine: eval "$(bash scripts/swarm.sh env)"
 #
 # The engine is our own dockerd (own data root, socket and exec root), so it never touches another docker on
-# the machine. It binds published ports to 127.0.0.1 (--ip), the swarm listens on 127.0.0.1 only. No registry or
+# the machine. The swarm listens on 127.0.0.1 only; --ip 127.0.0.1 binds `docker run -p` ports to loopback, but a
+# swarm port published in host mode listens on every interface (swarm has no host IP for it). No registry or
 # package index is used inside the build: the base is a debootstrap tree (`docker import`), the image installs
 # wheels built here. Caches (base tarball, wheelhouses) live in build/docker/, so a second run is fast.
 #

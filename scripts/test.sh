@@ -25,6 +25,7 @@ engine_was_up=0
 DOCKER_HOST=unix://${GNES_DOCKER_RUN:-/run/gnes-docker}/docker.sock docker info >/dev/null 2>&1 && engine_was_up=1
 [ $engine_was_up = 1 ] || trap 'bash scripts/swarm.sh stop' EXIT
 started=$SECONDS
-bash scripts/swarm.sh prepare
+# Bounded: a fresh machine needs about 2 minutes here (apt, debootstrap, wheels, image).
+timeout 1800 bash scripts/swarm.sh prepare
 echo "test.sh | swarm engine and gnes:slim image ready in $((SECONDS - started)) s" >&2
-python -m pytest -q -m swarm tests/test_swarm.py
+timeout 1200 python -m pytest -q -m swarm tests/test_swarm.py
