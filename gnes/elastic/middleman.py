@@ -25,17 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from ..placement import Placement
 from ..proto import array_to_nd, nd_to_array, pb
 from ..service.message import BodyType, Packet, as_error, error_response, stamp_route
 from ..service.proxy import ProxyService
 from . import link
+from .membership import Membership
+from .peers import Peer, Peers, router_socket, send_to
 
-# Right after start, wait this long for shards to report the placement they last saw.
-SETTLE_S = 1.5
-# Leave requests that arrive this close together are decided together: when every shard
-# asks at once, the whole stack is stopping and nothing should move.
-LEAVE_COALESCE_S = 0.5
 PartKey = tuple[str, int, tuple[int, ...]]
 
 
@@ -49,102 +45,54 @@ class _Part:
 @dataclass
 class _Shard:
     id: str
-    incarnation: str = ""
-    last_seen: float = 0.0
-    live: bool = False
+    peer: Peer
     epoch: int = 0
     members: tuple[str, ...] = ()
-    fd: int = -1
     left: bool = False  # left by handover: not a joiner again until it restarts
     writes: OrderedDict[PartKey, _Part] = field(default_factory=OrderedDict)
     queries: dict[PartKey, pb.Envelope] = field(default_factory=dict)
 
-
-@dataclass
-class _Migration:
-    epoch: int
-    target: Placement
-    sources: set[str]
-    leavers: set[str]
-    phase: str = "drain"  # drain: wait for acks of the writes sent; move: shards stream
-    done: set[str] = field(default_factory=set)
-    started: float = 0.0
+    @property
+    def live(self) -> bool:
+        return self.peer.live
 
 
-class ShardProxyService(ProxyService):
+class ShardProxyService(Membership, ProxyService):
     kind = "shard-proxy"
 
     def __init__(self, config) -> None:  # type: ignore[no-untyped-def]
         super().__init__(config)
         self.shards: dict[str, _Shard] = {}
-        self.ring: Placement | None = None
-        self.epoch = 0
-        self.migrations = 0
-        self.last_migration_s = 0.0
+        self.peers = Peers(self._on_peer_down)
         self._router: zmq.Socket | None = None
-        self._first_hello: float | None = None
         self._queued: deque[tuple[float, Packet]] = deque()
-        self._migration: _Migration | None = None
-        self._leave_asks: dict[str, float] = {}
-        self._granted: set[str] = set()
         self._tick = 0.0
-        self._fds: dict[int, str] = {}  # connection descriptor -> the shard that spoke on it last
+        self.init_membership()
 
     # ---- sockets -----------------------------------------------------------------------
     def open_extra_sockets(self, ctx: zmq.Context) -> None:
         cfg = self.config
         if not cfg.port_broadcast:
             raise ValueError("ShardProxyService needs --port_broadcast: the port its shards connect to")
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.SNDHWM, cfg.hwm)
-        sock.setsockopt(zmq.RCVHWM, 0)  # acks and hellos are small; never make a shard wait on them
-        sock.setsockopt(zmq.LINGER, 0)
-        # Raise instead of dropping: EAGAIN (the shard is full: wait) or EHOSTUNREACH (gone: hold).
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted shard reconnects under its old name before the dead connection times out.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-        host = "*" if cfg.host_broadcast in ("0.0.0.0", "*") else cfg.host_broadcast
-        sock.bind(f"tcp://{host}:{cfg.port_broadcast}")
-        self._router = sock
-        self.watch(sock, self._on_shards)
-        # A shard killed with -9 closes its connection at once: the monitor tells, long before
-        # its heartbeat would be missed. Disconnects name a file descriptor, so each shard's
-        # descriptor is remembered from its messages.
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self.watch(monitor, self._on_monitor)
+        self._router = router_socket(ctx, cfg.host_broadcast, cfg.port_broadcast, cfg.hwm)
+        self.watch(self._router, self._on_shards)
+        self.watch(self.peers.open_monitor(self._router), self.peers.on_monitor)
 
-    def _on_monitor(self, monitor: zmq.Socket) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
-        while True:
-            try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            fd = int(event["value"])
-            name = self._fds.pop(fd, None)
-            shard = self.shards.get(name) if name is not None else None
-            # A restarted shard may already speak on a new connection: only its own one counts.
-            if shard is not None and shard.fd == fd:
-                self._shard_down(shard, "its connection closed")
+    def _shard(self, name: str) -> _Shard:
+        shard = self.shards.get(name)
+        if shard is None:
+            peer = self.peers.table.get(name)
+            if peer is None:
+                peer = self.peers.table[name] = Peer(name)
+            shard = self.shards[name] = _Shard(name, peer)
+        return shard
 
     def _to_shard(self, shard: _Shard, frames: list[bytes]) -> bool:
         """Send to one shard, waiting while it is full; False (and the shard marked down) if it is gone."""
-        while True:
-            try:
-                self._router.send_multipart([shard.id.encode(), *frames], zmq.NOBLOCK)
-                return True
-            except zmq.Again:
-                if self._stop.is_set():
-                    return False
-                self._router.poll(50, zmq.POLLOUT)
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                self._shard_down(shard, "its connection is gone")
-                return False
+        if send_to(self._router, shard.id, frames, self._stop.is_set):
+            return True
+        self.peers.down(shard.peer, "its connection is gone")
+        return False
 
     # ---- what shards say ---------------------------------------------------------------
     def _on_shards(self, sock: zmq.Socket) -> None:
@@ -153,62 +101,56 @@ class ShardProxyService(ProxyService):
                 raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(raw) < 2:
+            if len(raw) < 3:
                 continue
-            frames = [frame.bytes for frame in raw]
-            name, kind, rest = frames[0].decode(errors="replace"), frames[1], frames[2:]
+            name, kind, rest = raw[0].bytes.decode(errors="replace"), raw[1].bytes, [f.bytes for f in raw[2:]]
             try:
-                self._on_shard_message(name, kind, rest)
-                if kind == link.HELLO:
-                    fd = self.shards[name].fd = int(raw[0].get(zmq.SRCFD))
-                    self._fds[fd] = name
+                hello = link.unpack(rest[0]) if kind == link.HELLO else None
+                self._shard(name)
+                appeared, restarted = self.peers.heard(name, raw[0], hello)
+                self._on_shard_message(self.shards[name], kind, rest, hello, (appeared, restarted))
             except Exception as exc:  # a bad frame from one shard must not stop the middleman
                 self.errors += 1
                 self.log.warning("bad %r message from shard %s: %s", kind, name, exc)
 
-    def _on_shard_message(self, name: str, kind: bytes, rest: list[bytes]) -> None:
-        now = time.monotonic()
-        shard = self.shards.get(name)
-        if shard is None:
-            shard = self.shards[name] = _Shard(name)
-        shard.last_seen = now
+    def _on_shard_message(
+        self, shard: _Shard, kind: bytes, rest: list[bytes], hello: dict | None, seen: tuple[bool, bool]
+    ) -> None:
         if kind == link.ACK:
             env = pb.Envelope.FromString(rest[0])
             key = link.part_key(env.client_id, env.request_id, env.part_ids)
             if shard.writes.pop(key, None) is None:
                 shard.queries.pop(key, None)
         elif kind == link.HELLO:
-            self._on_hello(shard, link.unpack(rest[0]), now)
+            self._on_hello(shard, hello, *seen)
         elif kind == link.LEAVE:
-            self._leave_asks.setdefault(name, now)
+            self._leave_asks.setdefault(shard.id, time.monotonic())
         elif kind == link.MOVE:
-            target = self.shards.get(link.unpack(rest[0])["target"])
+            name = link.unpack(rest[0])["target"]
+            target = self.shards.get(name)
             if target is None or not target.live or not self._to_shard(target, [link.MOVE, *rest]):
-                self._abort_migration(f"shard {link.unpack(rest[0])['target']} is not there to take documents")
+                self._abort_migration(f"shard {name} is not there to take documents")
         elif kind == link.MOVED:
             source = self.shards.get(link.unpack(rest[0])["source"])
             if source is not None and source.live:
                 self._to_shard(source, [link.MOVED, *rest])
         elif kind == link.DONE:
-            m = self._migration
-            if m is not None and link.unpack(rest[0]).get("epoch") == m.epoch:
-                m.done.add(name)
+            if self._migration is not None and link.unpack(rest[0]).get("epoch") == self._migration.epoch:
+                self._migration.done.add(shard.id)
         else:
             raise ValueError(f"unknown kind {kind!r}")
 
-    def _on_hello(self, shard: _Shard, info: dict, now: float) -> None:
-        incarnation = str(info.get("incarnation", ""))
-        came_back = not shard.live or incarnation != shard.incarnation
-        if came_back and shard.incarnation and incarnation != shard.incarnation:
-            shard.left = False  # a new process: whatever it did before, it starts afresh
+    def _on_hello(self, shard: _Shard, info: dict, appeared: bool, restarted: bool) -> None:
+        if restarted:
+            # a new process: whatever the old one was doing (answering, leaving) died with it
+            shard.left = False
+            shard.queries.clear()
             self._granted.discard(shard.id)
-            shard.queries.clear()  # those answers died with the old process
-        shard.incarnation, shard.live = incarnation, True
         shard.epoch = int(info.get("epoch", 0))
         shard.members = tuple(info.get("members", ()))
         if self._first_hello is None:
-            self._first_hello = now
-        if came_back:
+            self._first_hello = time.monotonic()
+        if appeared:
             self.log.info("shard %s is up (%d unacknowledged writes to send again)", shard.id, len(shard.writes))
             for part in list(shard.writes.values()):
                 if not self._to_shard(shard, [link.REQ, part.env.SerializeToString(), part.body]):
@@ -216,10 +158,10 @@ class ShardProxyService(ProxyService):
         if self.ring is not None and shard.epoch != self.epoch:
             self._send_ring(shard)
 
+    def _on_peer_down(self, name: str, why: str) -> None:
+        self._shard_down(self._shard(name), why)
+
     def _shard_down(self, shard: _Shard, why: str) -> None:
-        if not shard.live:
-            return
-        shard.live = False
         self.log.warning("shard %s is down (%s): %d writes held for it", shard.id, why, len(shard.writes))
         for env in shard.queries.values():
             self._answer_missing(env, shard.id)
@@ -270,9 +212,7 @@ class ShardProxyService(ProxyService):
             env.num_part.append(len(bodies))
             env.part_ids.append(i)
             env.part_id = i
-            shard = self.shards.get(member)
-            if shard is None:
-                shard = self.shards[member] = _Shard(member)
+            shard = self._shard(member)
             if not shard.live and len(shard.writes) >= self.config.hwm:
                 self.send_out(as_error(Packet(env, part_body), f"shard {member} is down and its queue is full"))
                 continue
@@ -322,9 +262,7 @@ class ShardProxyService(ProxyService):
 
     def on_timer(self, now: float) -> None:
         self._tick = now
-        for shard in self.shards.values():
-            if shard.live and now - shard.last_seen > link.DEAD_AFTER_S:
-                self._shard_down(shard, f"silent for {now - shard.last_seen:.1f}s")
+        self.peers.check(now)
         self._expire_held(now)
         if self.ring is None:
             self._settle(now)
@@ -354,97 +292,6 @@ class ShardProxyService(ProxyService):
         while self._queued and now - self._queued[0][0] >= bound:
             _, packet = self._queued.popleft()
             self.fail(packet, f"{self.name}: the shards did not settle within {bound:g}s")
-
-    def _settle(self, now: float) -> None:
-        """Adopt the newest placement any shard remembers; on a fresh cluster, the shards that are up."""
-        live = [s for s in self.shards.values() if s.live]
-        if not live or self._first_hello is None:
-            return
-        newest = max(live, key=lambda s: s.epoch)
-        all_back = newest.epoch > 0 and all(self.shards.get(m, _Shard(m)).live for m in newest.members)
-        if not all_back and now - self._first_hello < SETTLE_S:
-            return
-        if newest.epoch > 0:
-            self.epoch, self.ring = newest.epoch, Placement(newest.members)
-        else:
-            self.epoch, self.ring = 1, Placement(s.id for s in live)
-        self.log.info("placement %d: shards %s", self.epoch, ", ".join(self.ring.members))
-        for shard in live:
-            self._send_ring(shard)
-
-    def _send_ring(self, shard: _Shard) -> None:
-        info = {"epoch": self.epoch, "members": list(self.ring.members)}
-        if self._to_shard(shard, [link.RING, link.pack(info)]):
-            shard.epoch, shard.members = self.epoch, self.ring.members
-
-    def _decide_leaves(self, now: float) -> None:
-        if not self._leave_asks or now - min(self._leave_asks.values()) < LEAVE_COALESCE_S:
-            return
-        asks, self._leave_asks = set(self._leave_asks), {}
-        members = set(self.ring.members)
-        staying = members - asks - self._granted
-        for name in sorted(asks):
-            shard = self.shards[name]
-            if name not in members:
-                self._to_shard(shard, [link.BYE, link.pack({"reason": "not a member"})])
-            elif not staying:
-                # Every shard is leaving at once: the stack is stopping, and nothing should move.
-                self._to_shard(shard, [link.STAY, link.pack({"reason": "every shard is stopping"})])
-            else:
-                self._granted.add(name)
-                self._to_shard(shard, [link.GRANTED, link.pack({})])
-                self.log.info("shard %s leaves: its documents move to %s", name, ", ".join(sorted(staying)))
-
-    def _plan(self, now: float) -> None:
-        members = set(self.ring.members)
-        joiners = {s.id for s in self.shards.values() if s.live and not s.left and s.id not in members | self._granted}
-        leavers = self._granted & members
-        if not joiners and not leavers:
-            return
-        if not all(self.shards.get(m, _Shard(m)).live for m in members | joiners):
-            return  # a shard that is down cannot hand over, nor take, documents: wait for it
-        target = Placement((members - leavers) | joiners)
-        self._migration = _Migration(self.epoch + 1, target, set(members), leavers, started=now)
-        self.log.info(
-            "placement %d -> %d: shards %s (%.0f%% of slots move)",
-            self.epoch,
-            self.epoch + 1,
-            ", ".join(target.members),
-            100 * self.ring.moved_fraction(target),
-        )
-
-    def _advance(self, now: float) -> None:
-        m = self._migration
-        if m.phase == "drain":
-            if any(self.shards[s].writes for s in m.sources):
-                return
-            m.phase = "move"
-            info = link.pack({"epoch": m.epoch, "members": list(m.target.members)})
-            for name in sorted(m.sources):
-                if not self._to_shard(self.shards[name], [link.HANDOVER, info]):
-                    return
-        elif m.done >= m.sources:
-            self.ring, self.epoch, self._migration = m.target, m.epoch, None
-            self.migrations += 1
-            self.last_migration_s = now - m.started
-            self.log.info("placement %d in force after %.2fs: %s", self.epoch, self.last_migration_s, self.ring.members)
-            for shard in self.shards.values():
-                if shard.live:
-                    self._send_ring(shard)
-            for name in sorted(m.leavers):
-                self._granted.discard(name)
-                self.shards[name].left = True
-                self._to_shard(self.shards[name], [link.BYE, link.pack({"reason": "handed over"})])
-
-    def _abort_migration(self, why: str) -> None:
-        if self._migration is None:
-            return
-        self.log.warning("placement %d abandoned: %s", self._migration.epoch, why)
-        self._migration = None
-        # The current placement again, to every shard: a shard drops copies it does not own.
-        for shard in self.shards.values():
-            if shard.live:
-                self._send_ring(shard)
 
     def status_info(self) -> dict[str, object]:
         return {
