@@ -13,11 +13,13 @@ export HF_HUB_OFFLINE=1
 if [ $# -gt 0 ]; then
   exec bash scripts/check.sh "$@"
 fi
-bash scripts/check.sh -m "not swarm"
+# The swarm part runs even when the rest fails (one CI run then reports both); the exit code covers both.
+suite=0
+bash scripts/check.sh -m "not swarm" || suite=$?
 
 if [ "${GNES_SKIP_SWARM:-0}" = 1 ]; then
   echo "test.sh | the Docker Swarm test was NOT run (GNES_SKIP_SWARM=1)" >&2
-  exit 0
+  exit $suite
 fi
 # Engine and image first (scripts/swarm.sh fails with a clear message when the engine cannot start);
 # the engine is stopped at the end only if this run started it.
@@ -28,4 +30,8 @@ started=$SECONDS
 # Bounded: a fresh machine needs about 2 minutes here (apt, debootstrap, wheels, image).
 timeout 1800 bash scripts/swarm.sh prepare
 echo "test.sh | swarm engine and gnes:slim image ready in $((SECONDS - started)) s" >&2
-timeout 1200 python -m pytest -q -m swarm tests/test_swarm.py
+swarm=0
+timeout 1200 python -m pytest -q -m swarm tests/test_swarm.py || swarm=$?
+[ $suite -eq 0 ] || echo "test.sh | the main suite FAILED (exit $suite)" >&2
+[ $swarm -eq 0 ] || echo "test.sh | the Docker Swarm test FAILED (exit $swarm)" >&2
+[ $suite -eq 0 ] && [ $swarm -eq 0 ]
