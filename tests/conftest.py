@@ -72,11 +72,13 @@ def start_inprocess_pipeline(
 
     broadcast = ports["broadcast"]
     specs = [
-        spec("income", MapProxyService, "income_in", "income_out", "PULL_BIND PUSH_BIND", batch_size=batch_size),
+        spec("income", MapProxyService, "income_in", "income_out", "PULL_BIND ROUTER_BIND", batch_size=batch_size),
         # The middleman's own answers (a shard that is down, a write held too long) go straight to the reducer.
         spec("middle", ShardProxyService, "middle_in", "out_in", "PULL_BIND PUSH_CONNECT", port_broadcast=broadcast),
         spec("outgoing", ReduceProxyService, "out_in", "out_out", "PULL_BIND PUB_BIND", reduce_timeout=reduce_timeout),
-        spec("encoder", EncoderService, "income_out", "middle_in", "PULL_CONNECT PUSH_CONNECT", yaml_path=encoder_yaml),
+        spec(
+            "encoder", EncoderService, "income_out", "middle_in", "DEALER_CONNECT PUSH_CONNECT", yaml_path=encoder_yaml
+        ),
     ]
     for i in range(shards):
         dump = str(data_dir / f"shard{i}") if data_dir is not None else ""

@@ -163,3 +163,56 @@ def test_kill_9_an_indexer_of_the_local_stack_five_times_while_indexing(tmp_path
         if writer.is_alive():
             writer.join(60)
         stack.stop()
+
+
+def test_encoders_scale_and_die_while_indexing_and_no_message_is_lost(tmp_path: Path) -> None:
+    """3 encoders, kill -9 two of them (the supervisor restarts them), then down to 1
+    (SIGTERM: a leaving encoder finishes what it holds): every request is acknowledged."""
+    stack, port = start_stack(tmp_path, indexers=2)
+    acked: list[int] = []
+    errors: list[str] = []
+    longest = [0.0]
+    stop = threading.Event()
+
+    def write() -> None:
+        with GnesClient(port=port, timeout=120) as client:
+            start = 0
+            while not stop.is_set() and start < 60000:
+                began = time.monotonic()
+                summary = client.index([text_of(i) for i in range(start, start + 500)], batch_size=500, start_id=start)
+                longest[0] = max(longest[0], time.monotonic() - began)
+                if summary.errors:
+                    errors.append(str(summary.errors))
+                else:
+                    acked.extend(range(start, start + 500))
+                start += 500
+
+    writer = threading.Thread(target=write)
+    try:
+        wait_members(stack, ["1", "2"])
+        stack.scale("encoder", 3)
+        writer.start()
+        for slot in (2, 1):
+            time.sleep(0.3)
+            # frozen first, so that it dies holding work it was given (the hash encoder is quick)
+            os.killpg(stack.processes[f"encoder.{slot}"].pid, signal.SIGSTOP)
+            time.sleep(0.5)
+            os.killpg(stack.processes[f"encoder.{slot}"].pid, signal.SIGKILL)
+            assert writer.is_alive(), "the writer finished before the encoders were killed: index more"
+        stack.scale("encoder", 1, stop_grace=60)
+        assert writer.is_alive(), "the writer finished before the encoders were scaled in: index more"
+        writer.join(180)
+        assert not writer.is_alive(), "the writer did not finish"
+        assert not errors, errors[:3]
+        assert len(acked) == 60000
+        assert longest[0] < 30, f"an index call waited {longest[0]:.1f}s"
+        spec = next(s for s in stack.specs if s.service == "income-proxy")
+        assert status_info(spec.ctrl_host, spec.ctrl_port)["resent"] > 0, "no message was ever resent"
+        with GnesClient(port=port, timeout=60) as client:
+            assert count(client) == 60000
+            check_all_once(client, acked)
+    finally:
+        stop.set()
+        if writer.is_alive():
+            writer.join(60)
+        stack.stop()

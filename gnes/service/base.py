@@ -18,9 +18,12 @@ import uuid
 
 import zmq
 
+from ..elastic.dispatch import WorkDispatcher
+from ..elastic.link import REQ
+from ..elastic.worker_link import WorkerLink
 from ..proto import WireError
 from .config import ServiceConfig
-from .message import BodyType, Packet, answer_control, as_error, recv_packet, send_packet, stamp_route
+from .message import BodyType, Packet, answer_control, as_error, parse_frames, recv_packet, send_packet, stamp_route
 from .sockets import SocketType, bind_port, open_socket
 
 # Messages taken from the input per poll: amortises the poll call under load.
@@ -51,6 +54,9 @@ class BaseService:
         self._extra: dict[zmq.Socket, object] = {}
         self.out_sock: zmq.Socket | None = None
         self._out_has_topic = False
+        self._dispatcher: WorkDispatcher | None = None  # --socket_out ROUTER_BIND
+        self._worker: WorkerLink | None = None  # --socket_in DEALER_CONNECT
+        self._leaving = False
 
     # ---- lifecycle -------------------------------------------------------------------
     def start(self, timeout: float = 120.0) -> BaseService:
@@ -89,8 +95,11 @@ class BaseService:
         return 1 if self._failure is not None else 0
 
     def on_stop_signal(self) -> None:
-        """SIGTERM or SIGINT: stop. A service with work to hand over first overrides this."""
-        self._stop.set()
+        """SIGTERM or SIGINT: stop; a worker of a dispatching proxy first finishes what it holds
+        (LEAVE, then BYE). A service with more to hand over overrides this."""
+        if self._worker is None or self._leaving:
+            self._stop.set()
+        self._leaving = True
 
     @property
     def is_ready(self) -> bool:
@@ -117,7 +126,7 @@ class BaseService:
         pass
 
     def status_info(self) -> dict[str, object]:
-        return {
+        info: dict[str, object] = {
             "name": self.name,
             "kind": self.kind,
             "identity": self.identity,
@@ -125,6 +134,9 @@ class BaseService:
             "handled": self.handled,
             "errors": self.errors,
         }
+        if self._dispatcher is not None:
+            info.update(self._dispatcher.status())
+        return info
 
     # ---- helpers for subclasses ------------------------------------------------------
     def watch(self, sock: zmq.Socket, handler: object) -> None:
@@ -133,6 +145,9 @@ class BaseService:
 
     def send_out(self, packet: Packet, topic: bytes | None = None) -> None:
         stamp_route(packet, self.name, self.identity)
+        if self._dispatcher is not None:
+            self._dispatcher.submit(packet)
+            return
         if self.out_sock is None:
             self.log.error("request %d has no way out: --socket_out is NONE", packet.envelope.request_id)
             return
@@ -173,10 +188,19 @@ class BaseService:
             cfg = self.config
             in_spec, out_spec = cfg.in_spec, cfg.out_spec
             in_sock = None
-            if in_spec.type is not SocketType.NONE:
+            if in_spec.type is SocketType.DEALER_CONNECT:
+                self._worker = WorkerLink(self.name)
+                in_sock = self._worker.open(ctx, in_spec.host, in_spec.port, cfg.hwm)
+                socks.append(in_sock)
+            elif in_spec.type is not SocketType.NONE:
                 in_sock = open_socket(ctx, in_spec, hwm=cfg.hwm)
                 socks.append(in_sock)
-            if out_spec.type is not SocketType.NONE:
+            if out_spec.type is SocketType.ROUTER_BIND:
+                self._dispatcher = WorkDispatcher(self._stop.is_set, max_pending=cfg.hwm)
+                router, monitor = self._dispatcher.open(ctx, out_spec.host, out_spec.port, cfg.hwm)
+                self.watch(router, self._dispatcher.on_readable)
+                self.watch(monitor, self._dispatcher.peers.on_monitor)
+            elif out_spec.type is not SocketType.NONE:
                 self.out_sock = open_socket(ctx, out_spec, hwm=cfg.hwm)
                 self.out_sock.setsockopt(zmq.SNDTIMEO, 500)
                 socks.append(self.out_sock)
@@ -188,7 +212,8 @@ class BaseService:
             self.ctrl_port = bind_port(ctrl, cfg.host_ctrl, cfg.port_ctrl)
             self.open_extra_sockets(ctx)
             socks.extend(self._extra)
-            if in_sock is not None:
+            reading = in_sock is not None
+            if reading:
                 self._poller.register(in_sock, zmq.POLLIN)
             self._poller.register(ctrl, zmq.POLLIN)
             self._ready.set()
@@ -196,6 +221,10 @@ class BaseService:
                 "%s ready: in %s, out %s, ctrl port %d", self.name, in_spec.address, out_spec.address, self.ctrl_port
             )
             while not self._stop.is_set():
+                if in_sock is not None and self._dispatcher is not None and reading == self._dispatcher.full:
+                    # Backpressure: while enough waits for the workers, leave the input unread.
+                    reading = not reading
+                    (self._poller.register if reading else self._poller.unregister)(in_sock, *([zmq.POLLIN] * reading))
                 events = dict(self._poller.poll(self._poll_timeout_ms()))
                 if in_sock is not None and in_sock in events:
                     self._drain(in_sock, in_has_topic)
@@ -204,7 +233,9 @@ class BaseService:
                 for sock, handler in self._extra.items():
                     if sock in events:
                         handler(sock)
-                deadline, now = self.next_deadline(), time.monotonic()
+                now = time.monotonic()
+                self._links_on_timer(now)
+                deadline = self.next_deadline()
                 if deadline is not None and now >= deadline:
                     self.on_timer(now)
         finally:
@@ -216,8 +247,23 @@ class BaseService:
                 ctx.term()
                 self.log.info("%s stopped", self.name)
 
+    def _links_on_timer(self, now: float) -> None:
+        """Heartbeats and leaving of a worker; liveness of a dispatcher's workers."""
+        if self._dispatcher is not None:
+            self._dispatcher.check(now)
+        worker = self._worker
+        if worker is not None:
+            if now >= worker.next_deadline():
+                worker.on_timer(now)
+            if self._leaving:
+                worker.leave(now)
+                if worker.dismissed or now >= worker.leave_deadline:
+                    self._stop.set()
+
     def _poll_timeout_ms(self) -> int:
         deadline = self.next_deadline()
+        if self._worker is not None:
+            deadline = min(deadline or math.inf, self._worker.next_deadline())
         wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - time.monotonic()))
         return max(0, math.ceil(wait * 1000))  # rounding down would wake just before the deadline
 
@@ -225,7 +271,14 @@ class BaseService:
         packets: list[Packet] = []
         for _ in range(_DRAIN):
             try:
-                packets.append(recv_packet(sock, has_topic, zmq.NOBLOCK))
+                if self._worker is not None:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                    if frames[0] != REQ:
+                        self._worker.on_control(frames)
+                        continue
+                    packets.append(parse_frames(frames[1:]))
+                else:
+                    packets.append(recv_packet(sock, has_topic, zmq.NOBLOCK))
             except zmq.Again:
                 break
             except WireError as exc:
@@ -234,6 +287,8 @@ class BaseService:
         if packets:
             self.handled += len(packets)
             self.handle_all(packets)
+            if self._worker is not None:
+                self._worker.acknowledge(packets, time.monotonic())
 
     def handle_all(self, packets: list[Packet]) -> None:
         """Everything one drain of a socket took, in arrival order. A service that gains by

@@ -6,7 +6,7 @@ import math
 
 from ..proto import array_to_nd, nd_to_array, pb
 from .base import BaseService
-from .message import BodyType, Packet, stamp_route
+from .message import BodyType, Packet
 from .reducer import Reducer
 
 
@@ -52,7 +52,6 @@ class MapProxyService(ProxyService):
             return
         vectors = nd_to_array(body.embeddings) if body.HasField("embeddings") else None
         parts = math.ceil(n / size)
-        stamp_route(packet, self.name, self.identity)
         # Every field but the documents and their vectors, copied once: copying the whole body
         # per part copied all n documents `parts` times (a request of 10,000 documents split
         # into parts of 128: 110 ms, against 16 ms this way).
@@ -72,7 +71,7 @@ class MapProxyService(ProxyService):
             part_env.num_part.append(parts)
             part_env.part_ids.append(i)
             part_env.part_id = i
-            self.send_blocking(self.out_sock, Packet(part_env, piece.SerializeToString()))
+            self.send_out(Packet(part_env, piece.SerializeToString(), packet.received_ns))  # stamps each part
 
 
 class ReduceProxyService(ProxyService):

@@ -26,6 +26,10 @@ class SocketType(enum.Enum):
     SUB_CONNECT = (zmq.SUB, False)
     PAIR_BIND = (zmq.PAIR, True)
     PAIR_CONNECT = (zmq.PAIR, False)
+    # A proxy handing work to a pool of workers that may come, go or die (gnes.elastic.dispatch),
+    # and the workers' end: every message is acknowledged, and resent if its worker dies.
+    ROUTER_BIND = (zmq.ROUTER, True)
+    DEALER_CONNECT = (zmq.DEALER, False)
     # No socket: a shard that clients reach only on its direct port (gnes launch).
     NONE = (-1, False)
 

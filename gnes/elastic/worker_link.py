@@ -1,0 +1,70 @@
+"""A worker's side of gnes.elastic.dispatch: HELLO as a heartbeat, ACK once a message's
+result has been passed on, and LEAVE on SIGTERM (keep working until BYE)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+
+import zmq
+
+from ..proto import pb
+from ..service.message import Packet
+from . import link
+from .peers import dealer_socket
+
+# A leaving worker that has had no work and no BYE for this long: the proxy is gone, stop anyway.
+_LEAVE_WAIT_S = 3.0
+
+
+class WorkerLink:
+    def __init__(self, name: str) -> None:
+        self.name = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.sock: zmq.Socket | None = None
+        self._out: deque[list[bytes]] = deque()
+        self._next_hello = 0.0
+        self.leave_deadline: float | None = None
+        self.dismissed = False
+
+    def open(self, ctx: zmq.Context, host: str, port: int, hwm: int) -> zmq.Socket:
+        self.sock = dealer_socket(ctx, self.name, host, port, hwm)
+        self.hello()
+        return self.sock
+
+    def _send(self, frames: list[bytes]) -> None:
+        self._out.append(frames)
+        while self._out:
+            try:
+                self.sock.send_multipart(self._out[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._out.popleft()
+
+    def hello(self) -> None:
+        self._send([link.HELLO, link.pack({"id": self.name, "incarnation": self.name})])
+
+    def acknowledge(self, packets: list[Packet], now: float) -> None:
+        if self.leave_deadline is not None:
+            self.leave_deadline = now + _LEAVE_WAIT_S  # still busy with what it held
+        for packet in packets:
+            env = packet.envelope
+            ack = pb.Envelope(client_id=env.client_id, request_id=env.request_id, part_ids=env.part_ids)
+            self._send([link.ACK, ack.SerializeToString()])
+
+    def on_control(self, frames: list[bytes]) -> None:
+        """A frame that is not work: BYE lets this worker go."""
+        if frames[0] == link.BYE:
+            self.dismissed = True
+
+    def leave(self, now: float) -> None:
+        if self.leave_deadline is None:
+            self.leave_deadline = now + _LEAVE_WAIT_S
+            self._send([link.LEAVE, link.pack({"id": self.name})])
+
+    def next_deadline(self) -> float:
+        return min(self._next_hello, self.leave_deadline or self._next_hello)
+
+    def on_timer(self, now: float) -> None:
+        if now >= self._next_hello:
+            self.hello()
+            self._next_hello = now + link.HELLO_INTERVAL_S
