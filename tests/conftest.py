@@ -169,3 +169,60 @@ def shard_processes(tmp_path: Path) -> Iterator[Callable[..., LocalShards]]:
     finally:
         for shards in started:
             shards.stop()
+
+
+class IndexWriter:
+    """Indexes documents 0..total-1 (text from `text_of`) through the gRPC frontend in a thread,
+    `batch` per request, and records which ids were acknowledged, the errors, and the longest
+    call. `until_error` stops at the first error (where none is allowed)."""
+
+    def __init__(self, port: int, text_of: Callable[[int], str], total: int, batch: int, until_error: bool = False):
+        import threading
+
+        self.port, self.text_of, self.total, self.batch, self.until_error = port, text_of, total, batch, until_error
+        self.acked: list[int] = []
+        self.errors: list[str] = []
+        self.longest = 0.0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        from gnes.client import GnesClient
+
+        with GnesClient(port=self.port, timeout=120) as client:
+            for start in range(0, self.total, self.batch):
+                if self.stop.is_set():
+                    return
+                texts = [self.text_of(i) for i in range(start, min(start + self.batch, self.total))]
+                began = time.monotonic()
+                summary = client.index(texts, batch_size=len(texts), start_id=start)
+                self.longest = max(self.longest, time.monotonic() - began)
+                if summary.errors:
+                    self.errors.append(f"documents {start}..: {summary.errors}")
+                    if self.until_error:
+                        return
+                else:
+                    self.acked.extend(range(start, start + len(texts)))
+
+    def start(self) -> IndexWriter:
+        self.thread.start()
+        return self
+
+    def wait_for(self, more: int, timeout: float = 60.0) -> None:
+        """Until `more` further documents are acknowledged (or fail, naming the count)."""
+        import time
+
+        target, deadline = len(self.acked) + more, time.monotonic() + timeout
+        while len(self.acked) < target and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.acked) >= target, f"only {len(self.acked) - target + more} of {more} more were acknowledged"
+
+    def finish(self, timeout: float = 240.0) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the writer did not finish in time"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(60)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO, start_inprocess_pipeline, wait_for_shards
+from conftest import REPO, IndexWriter, start_inprocess_pipeline, wait_for_shards
 
 from gnes.client import GnesClient
 from gnes.placement import Placement
@@ -102,28 +102,16 @@ def test_scale_out_and_in_while_indexing_and_querying(tmp_path: Path) -> None:
     pipe = start_inprocess_pipeline(ENCODER_YAML, INDEXER_YAML, shards=2, data_dir=tmp_path, batch_size=32)
     extra: list[IndexerService] = []
     stop = threading.Event()
-    acked: list[int] = []
     problems: list[str] = []
-
-    def write() -> None:
-        with GnesClient(port=pipe.grpc_port, timeout=60) as client:
-            start = 0
-            while not stop.is_set() and start < 40000:
-                batch = [text_of(i) for i in range(start, start + 100)]
-                summary = client.index(batch, batch_size=100, start_id=start)
-                if summary.errors:
-                    problems.append(f"index error at {start}: {summary.errors}")
-                    return
-                acked.extend(range(start, start + 100))
-                start += 100
+    writer = IndexWriter(pipe.grpc_port, text_of, total=40000, batch=100, until_error=True)
 
     def read() -> None:
         with GnesClient(port=pipe.grpc_port, timeout=60) as client:
             while not stop.is_set():
-                if not acked:
+                if not writer.acked:
                     time.sleep(0.01)
                     continue
-                doc_id = acked[len(acked) // 2]
+                doc_id = writer.acked[len(writer.acked) // 2]
                 hits = client.query(text_of(doc_id), top_k=10)
                 ids = [h.doc_id for h in hits]
                 if len(set(ids)) != len(ids):
@@ -131,36 +119,36 @@ def test_scale_out_and_in_while_indexing_and_querying(tmp_path: Path) -> None:
                 if not ids or ids[0] != doc_id:
                     problems.append(f"acknowledged document {doc_id} not found first: {ids[:3]}")
 
-    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    reader = threading.Thread(target=read)
     try:
-        for t in threads:
-            t.start()
-        time.sleep(1.0)
+        writer.start()
+        reader.start()
+        writer.wait_for(500)
         extra.append(add_shard(pipe, "3", tmp_path))
         extra.append(add_shard(pipe, "4", tmp_path))
         wait_settled(pipe, 4)
-        time.sleep(1.0)
+        writer.wait_for(500)
         for shard in extra:
             shard.leave()  # what SIGTERM does: hand over, then stop
         for shard in extra:
             shard._thread.join(60)
             assert not shard._thread.is_alive(), "a leaving shard did not finish its handover"
         wait_settled(pipe, 2)
-        time.sleep(0.5)
+        writer.wait_for(200)
     finally:
         stop.set()
-        for t in threads:
-            t.join(90)
+        writer.close()
+        reader.join(60)
         for shard in extra:
             shard.stop()
     try:
         assert not problems, problems[:5]
-        assert len(acked) >= 1000, f"only {len(acked)} documents were acknowledged"
+        assert not writer.errors, writer.errors[:3]
         middle = pipe.services["middle"].status_info()
         assert middle["migrations"] >= 2 and middle["members"] == ["1", "2"]
         with GnesClient(port=pipe.grpc_port) as client:
-            assert sum(shard_counts(client).values()) == len(acked)
-            assert_each_found_once(client, acked)
+            assert sum(shard_counts(client).values()) == len(writer.acked)
+            assert_each_found_once(client, writer.acked)
     finally:
         pipe.stack.close()
 
@@ -181,43 +169,23 @@ def test_kill_9_a_shard_five_times_while_indexing(tmp_path: Path) -> None:
     """Every acknowledged document is found afterwards, exactly once; no call waits past its bound."""
     pipe = start_inprocess_pipeline(ENCODER_YAML, INDEXER_YAML, shards=0, data_dir=tmp_path, batch_size=50)
     procs = {sid: shard_process(pipe, sid, tmp_path) for sid in ("1", "2", "3")}
-    acked: list[int] = []
-    longest = [0.0]
-    stop = threading.Event()
-    problems: list[str] = []
-
-    def write() -> None:
-        with GnesClient(port=pipe.grpc_port, timeout=60) as client:
-            start = 0
-            while not stop.is_set() and start < 40000:
-                began = time.monotonic()
-                summary = client.index([text_of(i) for i in range(start, start + 200)], batch_size=200, start_id=start)
-                longest[0] = max(longest[0], time.monotonic() - began)
-                if not summary.errors:
-                    acked.extend(range(start, start + 200))
-                start += 200
-
-    writer = threading.Thread(target=write)
+    writer = IndexWriter(pipe.grpc_port, text_of, total=40000, batch=200)
     try:
         wait_settled(pipe, 3)
         writer.start()
         rng = np.random.default_rng(7)
-        for round_no in range(5):
-            before = len(acked)
-            deadline = time.monotonic() + 30
-            while len(acked) < before + 1000 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert len(acked) >= before + 1000, f"round {round_no}: only {len(acked) - before} acknowledged"
+        for _ in range(5):
+            writer.wait_for(1000)  # every round acknowledges writes before its kill
             time.sleep(float(rng.uniform(0, 0.3)))
             victim = str(rng.integers(1, 4))
             os.killpg(procs[victim].pid, signal.SIGKILL)
             procs[victim].wait()
             time.sleep(float(rng.uniform(0.2, 1.5)))
             procs[victim] = shard_process(pipe, victim, tmp_path)
-        writer.join(180)  # the writer goes on to 40,000 documents
-        assert not writer.is_alive()
+        writer.finish()
         wait_settled(pipe, 3)
-        assert longest[0] < 35, f"an index call waited {longest[0]:.1f}s"
+        assert writer.longest < 35, f"an index call waited {writer.longest:.1f}s"
+        acked = writer.acked
         with GnesClient(port=pipe.grpc_port) as client:
             deadline = time.monotonic() + 20
             while True:
@@ -232,11 +200,8 @@ def test_kill_9_a_shard_five_times_while_indexing(tmp_path: Path) -> None:
             missing = set(acked) - set(stored)
             assert not missing, f"{len(missing)} acknowledged documents are gone, e.g. {sorted(missing)[:5]}"
             assert_each_found_once(client, acked, sample=80)
-        assert not problems
     finally:
-        stop.set()
-        if writer.is_alive():
-            writer.join(60)
+        writer.close()
         for proc in procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

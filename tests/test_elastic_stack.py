@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IndexWriter  # noqa: I001 (the tests folder is on sys.path)
 
 from gnes.cli.healthcheck import status_info
 from gnes.client import GnesClient
@@ -76,43 +76,24 @@ def check_all_once(client: GnesClient, ids: list[int]) -> None:
 
 def test_scale_indexers_2_to_4_to_2_in_the_local_stack_while_indexing(tmp_path: Path) -> None:
     stack, port = start_stack(tmp_path, indexers=2)
-    acked: list[int] = []
-    errors: list[str] = []
-    stop = threading.Event()
-
-    def write() -> None:
-        with GnesClient(port=port, timeout=120) as client:
-            start = 0
-            while not stop.is_set() and start < 20000:
-                summary = client.index([text_of(i) for i in range(start, start + 100)], batch_size=100, start_id=start)
-                if summary.errors:
-                    errors.append(str(summary.errors))
-                    return
-                acked.extend(range(start, start + 100))
-                start += 100
-
-    writer = threading.Thread(target=write)
+    writer = IndexWriter(port, text_of, total=40000, batch=100, until_error=True)
     try:
         wait_members(stack, ["1", "2"])
-        writer.start()
-        time.sleep(1.0)
+        writer.start().wait_for(500)
         assert stack.scale("indexer", 4) == [1, 2, 3, 4]
         wait_members(stack, ["1", "2", "3", "4"])
-        time.sleep(0.5)
+        writer.wait_for(500)
         stack.scale("indexer", 2, stop_grace=120)  # slots 3 and 4 hand over, then exit
         info = wait_members(stack, ["1", "2"])
         assert info["migrations"] >= 2
-        stop.set()
-        writer.join(120)
-        assert not errors, errors
-        assert len(acked) >= 1000
+        writer.wait_for(200)
+        writer.close()
+        assert not writer.errors, writer.errors
         with GnesClient(port=port, timeout=60) as client:
-            assert count(client) == len(acked)
-            check_all_once(client, acked)
+            assert count(client) == len(writer.acked)
+            check_all_once(client, writer.acked)
     finally:
-        stop.set()
-        if writer.is_alive():
-            writer.join(60)
+        writer.close()
         stack.stop()
 
 
@@ -120,48 +101,26 @@ def test_kill_9_an_indexer_of_the_local_stack_five_times_while_indexing(tmp_path
     """The stack's supervisor restarts the shard; held writes are sent again; nothing
     acknowledged is lost or doubled, and no call waits past the hold bound."""
     stack, port = start_stack(tmp_path, indexers=3)
-    acked: list[int] = []
-    longest = [0.0]
-    stop = threading.Event()
-
-    def write() -> None:
-        with GnesClient(port=port, timeout=120) as client:
-            start = 0
-            while not stop.is_set() and start < 40000:
-                began = time.monotonic()
-                summary = client.index([text_of(i) for i in range(start, start + 200)], batch_size=200, start_id=start)
-                longest[0] = max(longest[0], time.monotonic() - began)
-                if not summary.errors:
-                    acked.extend(range(start, start + 200))
-                start += 200
-
-    writer = threading.Thread(target=write)
+    writer = IndexWriter(port, text_of, total=40000, batch=200)
     rng = np.random.default_rng(11)
     try:
         wait_members(stack, ["1", "2", "3"])
         writer.start()
-        for round_no in range(5):
-            before = len(acked)
-            deadline = time.monotonic() + 60
-            while len(acked) < before + 600 and time.monotonic() < deadline and writer.is_alive():
-                time.sleep(0.05)
-            assert len(acked) >= before + 600, f"round {round_no}: {len(acked) - before} acknowledged"
+        for _ in range(5):
+            writer.wait_for(600)  # every round acknowledges writes before its kill
             victim = stack.processes[f"indexer.{int(rng.integers(1, 4))}"]
             os.killpg(victim.pid, signal.SIGKILL)
             time.sleep(float(rng.uniform(0.1, 0.5)))
-        writer.join(240)
-        assert not writer.is_alive(), "the writer did not finish"
-        assert longest[0] < 35, f"an index call waited {longest[0]:.1f}s (hold bound 30 s)"
+        writer.finish()
+        assert writer.longest < 35, f"an index call waited {writer.longest:.1f}s (hold bound 30 s)"
         wait_members(stack, ["1", "2", "3"])
         with GnesClient(port=port, timeout=60) as client:
             deadline = time.monotonic() + 30
-            while count(client) < len(acked) and time.monotonic() < deadline:
+            while count(client) < len(writer.acked) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            check_all_once(client, acked)
+            check_all_once(client, writer.acked)
     finally:
-        stop.set()
-        if writer.is_alive():
-            writer.join(60)
+        writer.close()
         stack.stop()
 
 
@@ -169,25 +128,7 @@ def test_encoders_scale_and_die_while_indexing_and_no_message_is_lost(tmp_path: 
     """3 encoders, kill -9 two of them (the supervisor restarts them), then down to 1
     (SIGTERM: a leaving encoder finishes what it holds): every request is acknowledged."""
     stack, port = start_stack(tmp_path, indexers=2)
-    acked: list[int] = []
-    errors: list[str] = []
-    longest = [0.0]
-    stop = threading.Event()
-
-    def write() -> None:
-        with GnesClient(port=port, timeout=120) as client:
-            start = 0
-            while not stop.is_set() and start < 60000:
-                began = time.monotonic()
-                summary = client.index([text_of(i) for i in range(start, start + 500)], batch_size=500, start_id=start)
-                longest[0] = max(longest[0], time.monotonic() - began)
-                if summary.errors:
-                    errors.append(str(summary.errors))
-                else:
-                    acked.extend(range(start, start + 500))
-                start += 500
-
-    writer = threading.Thread(target=write)
+    writer = IndexWriter(port, text_of, total=60000, batch=500)
     try:
         wait_members(stack, ["1", "2"])
         stack.scale("encoder", 3)
@@ -198,21 +139,18 @@ def test_encoders_scale_and_die_while_indexing_and_no_message_is_lost(tmp_path: 
             os.killpg(stack.processes[f"encoder.{slot}"].pid, signal.SIGSTOP)
             time.sleep(0.5)
             os.killpg(stack.processes[f"encoder.{slot}"].pid, signal.SIGKILL)
-            assert writer.is_alive(), "the writer finished before the encoders were killed: index more"
+            assert writer.thread.is_alive(), "the writer finished before the encoders were killed: index more"
         stack.scale("encoder", 1, stop_grace=60)
-        assert writer.is_alive(), "the writer finished before the encoders were scaled in: index more"
-        writer.join(180)
-        assert not writer.is_alive(), "the writer did not finish"
-        assert not errors, errors[:3]
-        assert len(acked) == 60000
-        assert longest[0] < 30, f"an index call waited {longest[0]:.1f}s"
+        assert writer.thread.is_alive(), "the writer finished before the encoders were scaled in: index more"
+        writer.finish()
+        assert not writer.errors, writer.errors[:3]
+        assert len(writer.acked) == 60000
+        assert writer.longest < 30, f"an index call waited {writer.longest:.1f}s"
         spec = next(s for s in stack.specs if s.service == "income-proxy")
         assert status_info(spec.ctrl_host, spec.ctrl_port)["resent"] > 0, "no message was ever resent"
         with GnesClient(port=port, timeout=60) as client:
             assert count(client) == 60000
-            check_all_once(client, acked)
+            check_all_once(client, writer.acked)
     finally:
-        stop.set()
-        if writer.is_alive():
-            writer.join(60)
+        writer.close()
         stack.stop()

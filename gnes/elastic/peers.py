@@ -9,6 +9,7 @@ comes back under the same name, or a new process under an old name, is reported 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -127,3 +128,30 @@ def send_to(router: zmq.Socket, name: str, frames: list[bytes], stopping: Callab
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
             return False
+
+
+class Outbox:
+    """What a DEALER sends without ever waiting: frames that cannot leave now (the peer is
+    slow or away) are kept, in order, and leave on the next flush."""
+
+    def __init__(self) -> None:
+        self.sock: zmq.Socket | None = None
+        self._queue: deque[list[bytes]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._queue)
+
+    def append(self, frames: list[bytes]) -> None:
+        self._queue.append(frames)
+
+    def send(self, frames: list[bytes]) -> None:
+        self._queue.append(frames)
+        self.flush()
+
+    def flush(self) -> None:
+        while self._queue:
+            try:
+                self.sock.send_multipart(self._queue[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._queue.popleft()

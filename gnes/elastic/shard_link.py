@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ..placement import Placement
 from ..proto import array_to_nd, pb
 from ..service.message import Packet, parse_frames
 from . import link
+from .peers import Outbox, dealer_socket
 
 RING_FILE = "ring.json"
 SHARD_ID_FILE = "shard_id"
@@ -67,7 +67,7 @@ class ShardLink:
         self._on_exit = on_exit
         self.epoch, self.members = self._read_ring()
         self.sock: zmq.Socket | None = None
-        self._out: deque[list[bytes]] = deque()
+        self._out = Outbox()
         self._next_hello = 0.0
         self._dirty = False  # holds documents it may not own: took a move, or handed some over
         self._stream: Iterator[tuple[str, pb.Request]] | None = None
@@ -84,31 +84,15 @@ class ShardLink:
         return int(info["epoch"]), tuple(info["members"])
 
     def open(self, ctx: zmq.Context, host: str, port: int, hwm: int) -> zmq.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, self.shard_id.encode())
-        sock.setsockopt(zmq.RCVHWM, hwm)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-        sock.connect(f"tcp://{host}:{port}")
-        self.sock = sock
-        return sock
+        self.sock = self._out.sock = dealer_socket(ctx, self.shard_id, host, port, hwm)
+        return self.sock
 
     # ---- sending -----------------------------------------------------------------------
     def send(self, frames: list[bytes]) -> None:
-        self._out.append(frames)
-        self.flush()
+        self._out.send(frames)
 
     def flush(self) -> None:
-        while self._out:
-            try:
-                self.sock.send_multipart(self._out[0], zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._out.popleft()
+        self._out.flush()
 
     def hello(self) -> None:
         info = {"id": self.shard_id, "incarnation": self.incarnation, "epoch": self.epoch, "members": self.members}

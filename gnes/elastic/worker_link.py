@@ -4,14 +4,13 @@ result has been passed on, and LEAVE on SIGTERM (keep working until BYE)."""
 from __future__ import annotations
 
 import uuid
-from collections import deque
 
 import zmq
 
 from ..proto import pb
 from ..service.message import Packet
 from . import link
-from .peers import dealer_socket
+from .peers import Outbox, dealer_socket
 
 # A leaving worker that has had no work and no BYE for this long: the proxy is gone, stop anyway.
 _LEAVE_WAIT_S = 3.0
@@ -21,24 +20,18 @@ class WorkerLink:
     def __init__(self, name: str) -> None:
         self.name = f"{name}-{uuid.uuid4().hex[:8]}"
         self.sock: zmq.Socket | None = None
-        self._out: deque[list[bytes]] = deque()
+        self._out = Outbox()
         self._next_hello = 0.0
         self.leave_deadline: float | None = None
         self.dismissed = False
 
     def open(self, ctx: zmq.Context, host: str, port: int, hwm: int) -> zmq.Socket:
-        self.sock = dealer_socket(ctx, self.name, host, port, hwm)
+        self.sock = self._out.sock = dealer_socket(ctx, self.name, host, port, hwm)
         self.hello()
         return self.sock
 
     def _send(self, frames: list[bytes]) -> None:
-        self._out.append(frames)
-        while self._out:
-            try:
-                self.sock.send_multipart(self._out[0], zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._out.popleft()
+        self._out.send(frames)
 
     def hello(self) -> None:
         self._send([link.HELLO, link.pack({"id": self.name, "incarnation": self.name})])
