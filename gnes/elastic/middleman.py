@@ -174,11 +174,19 @@ class ShardProxyService(Membership, ProxyService):
         env = packet.envelope
         if env.is_response:
             self.send_out(packet)  # an upstream error on its way to the caller
-        elif env.body_type == BodyType.INDEX:
+        elif env.body_type == BodyType.INDEX or (env.body_type == BodyType.ADMIN and _changes_data(packet)):
+            # Writes, deletes and index changes wait while the placement is being settled or
+            # changed: a delete during a move could miss the copy on the new owner.
             if self.ring is None or self._migration is not None:
                 self._queue(packet)
             else:
-                self._route_write(packet, time.monotonic())
+                self._write(packet, time.monotonic())
+        else:
+            self._fan_out(packet)
+
+    def _write(self, packet: Packet, since: float) -> None:
+        if packet.envelope.body_type == BodyType.INDEX:
+            self._route_write(packet, since)
         else:
             self._fan_out(packet)
 
@@ -275,7 +283,7 @@ class ShardProxyService(Membership, ProxyService):
         if self._migration is None:
             while self._queued:
                 since, packet = self._queued.popleft()
-                self._route_write(packet, since)
+                self._write(packet, since)
 
     def _expire_held(self, now: float) -> None:
         bound = self.config.hold_timeout
@@ -305,3 +313,19 @@ class ShardProxyService(Membership, ProxyService):
             "held_writes": {s.id: len(s.writes) for s in self.shards.values() if s.writes},
             "queued_writes": len(self._queued),
         }
+
+
+_DATA_COMMANDS = frozenset(
+    {
+        pb.Request.AdminRequest.DELETE_DOCS,
+        pb.Request.AdminRequest.CREATE,
+        pb.Request.AdminRequest.DROP,
+    }
+)
+
+
+def _changes_data(packet: Packet) -> bool:
+    try:
+        return packet.request().admin.command in _DATA_COMMANDS
+    except Exception:  # unreadable: the shards answer it with the reason
+        return False
