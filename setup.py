@@ -1,8 +1,24 @@
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
+
+
+class BuildWithStack(build_py):
+    """Also put the stack file and the component YAML it names into the package (gnes/data/),
+    so that `gnes stack` run from an installed wheel finds them without a checkout."""
+
+    def run(self) -> None:
+        super().run()
+        for folder in ("compose", "yaml"):
+            for source in sorted((HERE / folder).glob("*.yml")):
+                target = Path(self.build_lib) / "gnes" / "data" / folder / source.name
+                self.mkpath(str(target.parent))
+                self.copy_file(str(source), str(target))
+
+
 version = {}
 exec((HERE / "gnes" / "__init__.py").read_text(), version)
 
@@ -55,4 +71,5 @@ setup(
         "dev": test,
     },
     entry_points={"console_scripts": ["gnes=gnes.cli.main:main"]},
+    cmdclass={"build_py": BuildWithStack},
 )

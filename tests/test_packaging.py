@@ -142,6 +142,16 @@ def test_installed_wheel_imports_from_the_venv(venv: Path, tmp_path: Path) -> No
     )
     assert helped.returncode == 0, helped.stderr
     assert "stack" in helped.stdout
+    # Outside a checkout, `gnes stack` finds the stack file and its YAML inside the package.
+    printed = subprocess.run(
+        [str(venv / "bin" / "gnes"), "stack", "--print"],
+        cwd=tmp_path,
+        env=_clean_env(venv),
+        capture_output=True,
+        text=True,
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert "gnes index" in printed.stdout and "encoder-minilm.yml" in printed.stdout
 
 
 def _processes_of(python: Path) -> list[int]:

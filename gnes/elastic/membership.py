@@ -22,6 +22,7 @@ SETTLE_S = 1.5
 # Leave requests that arrive this close together are decided together: when every shard
 # asks at once, the whole stack is stopping and nothing should move.
 LEAVE_COALESCE_S = 0.5
+JOIN_COALESCE_S = 0.5
 
 
 @dataclass
@@ -47,6 +48,8 @@ class Membership:
         self._migration: Migration | None = None
         self._leave_asks: dict[str, float] = {}
         self._granted: set[str] = set()
+        self._joiners_seen: set[str] = set()
+        self._joiners_since = 0.0
 
     def _settle(self, now: float) -> None:
         """Adopt the newest placement any shard remembers; on a fresh cluster, the shards that are up."""
@@ -93,6 +96,12 @@ class Membership:
         joiners = {s.id for s in self.shards.values() if s.live and not s.left and s.id not in members | self._granted}
         leavers = self._granted & members
         if not joiners and not leavers:
+            return
+        if joiners != self._joiners_seen:
+            # Shards started together (a scale to n+2) arrive a few ms apart: wait until no new
+            # one has come for a moment, so that they join in one move and nothing moves twice.
+            self._joiners_seen, self._joiners_since = joiners, now
+        if joiners and now - self._joiners_since < JOIN_COALESCE_S:
             return
         if not all(self.peers.live(m) for m in members | joiners):
             return  # a shard that is down cannot hand over, nor take, documents: wait for it

@@ -99,8 +99,10 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
 def _compose_file(given: Path | None) -> Path:
     if given is not None:
         return given
-    # Next to the package covers running from a checkout while in another directory.
-    candidates = [DEFAULT_COMPOSE_FILE, Path(gnes.__file__).resolve().parent.parent / DEFAULT_COMPOSE_FILE]
+    # Next to the package covers running from a checkout while in another directory; inside it
+    # (gnes/data, written by the wheel build) covers an installed wheel.
+    package = Path(gnes.__file__).resolve().parent
+    candidates = [DEFAULT_COMPOSE_FILE, package.parent / DEFAULT_COMPOSE_FILE, package / "data" / DEFAULT_COMPOSE_FILE]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
