@@ -172,14 +172,24 @@ def shard_processes(tmp_path: Path) -> Iterator[Callable[..., LocalShards]]:
 
 
 class IndexWriter:
-    """Indexes documents 0..total-1 (text from `text_of`) through the gRPC frontend in a thread,
-    `batch` per request, and records which ids were acknowledged, the errors, and the longest
-    call. `until_error` stops at the first error (where none is allowed)."""
+    """Indexes documents first..first+total-1 (text from `text_of`) through the gRPC frontend in
+    a thread, `batch` per request, and records which ids were acknowledged, the errors, and the
+    longest call. `until_error` stops at the first error (where none is allowed)."""
 
-    def __init__(self, port: int, text_of: Callable[[int], str], total: int, batch: int, until_error: bool = False):
+    def __init__(
+        self,
+        port: int,
+        text_of: Callable[[int], str],
+        total: int,
+        batch: int,
+        until_error: bool = False,
+        first: int = 0,
+        host: str = "127.0.0.1",
+    ) -> None:
         import threading
 
         self.port, self.text_of, self.total, self.batch, self.until_error = port, text_of, total, batch, until_error
+        self.first, self.host = first, host
         self.acked: list[int] = []
         self.errors: list[str] = []
         self.longest = 0.0
@@ -191,11 +201,11 @@ class IndexWriter:
 
         from gnes.client import GnesClient
 
-        with GnesClient(port=self.port, timeout=120) as client:
-            for start in range(0, self.total, self.batch):
+        with GnesClient(self.host, self.port, timeout=120) as client:
+            for start in range(self.first, self.first + self.total, self.batch):
                 if self.stop.is_set():
                     return
-                texts = [self.text_of(i) for i in range(start, min(start + self.batch, self.total))]
+                texts = [self.text_of(i) for i in range(start, min(start + self.batch, self.first + self.total))]
                 began = time.monotonic()
                 summary = client.index(texts, batch_size=len(texts), start_id=start)
                 self.longest = max(self.longest, time.monotonic() - began)
