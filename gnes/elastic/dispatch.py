@@ -43,7 +43,7 @@ class WorkDispatcher:
         self.max_pending = max_pending
         self.pending: deque[Packet] = deque()
         self.workers: dict[str, _Worker] = {}
-        self.peers = Peers(self._on_down)
+        self.peers = Peers(self._on_down, link.WORKER_DEAD_AFTER_S)
         self.resent = 0
         self._stopping = stopping
         self.router: zmq.Socket | None = None

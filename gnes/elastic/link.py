@@ -28,6 +28,10 @@ REQ, RING, HANDOVER, GRANTED, BYE, STAY = b"REQ", b"RING", b"HANDOVER", b"GRANTE
 # goes quiet. The margin is wide because a loaded 2-core machine can stall a process for 1 s.
 HELLO_INTERVAL_S = 0.25
 DEAD_AFTER_S = 3.0
+# An encoder says nothing while it encodes one message (a batch of 128 texts with MiniLM takes
+# 1 to 2 s here, more on a loaded machine), so it gets a longer silence. Its death by kill -9
+# is still seen at once, by its closed connection.
+WORKER_DEAD_AFTER_S = 10.0
 
 
 def pack(info: dict[str, Any]) -> bytes:

@@ -29,8 +29,9 @@ class Peer:
 
 
 class Peers:
-    def __init__(self, on_down: Callable[[str, str], None]) -> None:
+    def __init__(self, on_down: Callable[[str, str], None], dead_after: float = link.DEAD_AFTER_S) -> None:
         self.on_down = on_down
+        self.dead_after = dead_after
         self.table: dict[str, Peer] = {}
         self._fds: dict[int, str] = {}
 
@@ -74,7 +75,7 @@ class Peers:
 
     def check(self, now: float) -> None:
         for peer in list(self.table.values()):
-            if peer.live and now - peer.last_seen > link.DEAD_AFTER_S:
+            if peer.live and now - peer.last_seen > self.dead_after:
                 self.down(peer, f"silent for {now - peer.last_seen:.1f}s")
 
     def live(self, name: str) -> bool:

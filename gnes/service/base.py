@@ -68,8 +68,9 @@ class BaseService:
                 break
             timeout -= 0.05
             if timeout <= 0:
+                where = _stack_of(self._thread)
                 self.stop()
-                raise TimeoutError(f"{self.name} did not become ready")
+                raise TimeoutError(f"{self.name} did not become ready; its thread was at:\n{where}")
         if self._failure is not None:
             raise RuntimeError(f"{self.name} failed to start: {self._failure}") from self._failure
         return self
@@ -284,11 +285,15 @@ class BaseService:
             except WireError as exc:
                 self.errors += 1
                 self.log.warning("dropped a malformed message (no caller to answer): %s", exc)
-        if packets:
-            self.handled += len(packets)
+        if not packets:
+            return
+        self.handled += len(packets)
+        if self._worker is None:
             self.handle_all(packets)
-            if self._worker is not None:
-                self._worker.acknowledge(packets, time.monotonic())
+            return
+        for packet in packets:  # each acknowledged once done: the dispatcher hears from us meanwhile
+            self.handle_all([packet])
+            self._worker.acknowledge([packet], time.monotonic())
 
     def handle_all(self, packets: list[Packet]) -> None:
         """Everything one drain of a socket took, in arrival order. A service that gains by
@@ -326,3 +331,12 @@ class BaseService:
         ctrl.send(response.SerializeToString())
         if terminate:
             self._stop.set()
+
+
+def _stack_of(thread: threading.Thread) -> str:
+    """Where a thread is now: what a start that hangs reports."""
+    import sys
+    import traceback
+
+    frame = sys._current_frames().get(thread.ident or -1)
+    return "".join(traceback.format_stack(frame)) if frame is not None else "(the thread has ended)"

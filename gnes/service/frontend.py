@@ -67,7 +67,10 @@ class FrontendService(pb_grpc.GnesRPCServicer):
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:  # the loop has already ended (a failed start): nothing to stop
+                pass
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -65,23 +65,33 @@ class ProcessSpec:
         return shlex.join([*assignments, "gnes", *self.argv])
 
 
+# Ports handed out for later use are taken below the kernel's ephemeral range (32768-60999 on
+# Linux): a port the OS picks for a bind to port 0 (every control socket) or for an outgoing
+# connection can then never be one that was chosen here but is not bound yet.
+_CHOSEN_PORTS = (20000, 32000)
+
+
 def find_free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free right now (the OS picks it; another process may still take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free right now (another process may still take it later)."""
+    return find_free_ports(1, host)[0]
 
 
 def find_free_ports(n: int, host: str = LOOPBACK) -> list[int]:
-    """n distinct free TCP ports: the sockets are held open together, so the OS cannot repeat one."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+    """n distinct TCP ports, each free right now, outside the ephemeral range."""
+    import random
+
+    chosen: list[int] = []
+    candidates = random.sample(range(*_CHOSEN_PORTS), k=min(4 * n + 64, _CHOSEN_PORTS[1] - _CHOSEN_PORTS[0]))
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # in use
+        chosen.append(port)
+        if len(chosen) == n:
+            return chosen
+    raise OSError(f"could not find {n} free ports on {host} in {_CHOSEN_PORTS[0]}-{_CHOSEN_PORTS[1]}")
 
 
 def load_stack_file(path: str | Path, env: Mapping[str, str]) -> dict[str, Any]:
