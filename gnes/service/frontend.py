@@ -1,9 +1,9 @@
 """The gRPC frontend (GNES 0.0.47 wire-compatible): takes requests, sends them into the
 pipeline, and matches each answer to its caller.
 
-Its sockets are opened once, in the one asyncio thread that uses them (GNES 0.0.47 bound
-new sockets per call, so concurrent calls failed). Callers' request ids may collide, so
-each request gets an internal id; the caller's id is put back on the answer.
+The pipeline side (sockets, internal request ids, answer matching) is a PipelineSession,
+shared with the HTTP service; this module is the gRPC side and the control socket. A unary
+call made while --max_pending requests are in flight gets RESOURCE_EXHAUSTED at once.
 """
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ import logging
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 import zmq
-import zmq.asyncio
 
-from ..proto import WireError, pb, pb_grpc
+from ..pipeline import PipelineSession
+from ..proto import pb, pb_grpc
 from .config import ServiceConfig
-from .message import BodyType, Packet, answer_control, body_type_of, error_response, parse_frames
-from .reducer import Reducer
-from .sockets import SocketSpec, SocketType, bind_port, open_socket
-from .validate import check_request
+from .message import answer_control
+from .sockets import bind_port
 
 # Requests one StreamCall may have in the pipeline before it stops reading from its caller.
 STREAM_WINDOW = 256
@@ -44,12 +41,11 @@ class FrontendService(pb_grpc.GnesRPCServicer):
         self.name = config.name or self.kind
         self.client_id = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.log = logging.getLogger(f"gnes.{self.name}")
-        self.reducer = Reducer(config.reduce_timeout, config.index_timeout, config.max_pending)
+        self.session = PipelineSession(config, self.client_id, self.log)
         self.grpc_port = config.grpc_port
         self.ctrl_port = 0
         self.served = 0
-        self._next_id = 0
-        self._waiting: dict[int, tuple[asyncio.Future[pb.Response], int]] = {}
+        self.refused = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -100,17 +96,10 @@ class FrontendService(pb_grpc.GnesRPCServicer):
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self._stopping.set)
         cfg = self.config
-        # Answers and control requests are read from plain ZeroMQ sockets watched by the event
-        # loop (add_reader), in the loop iteration that sees them arrive. Reading through
-        # zmq.asyncio (a poll future, then a recv future, per answer) made the last hop of a
-        # query 575 us instead of 250 us (per-hop trace, hash stack, 2-core VM). Sending
-        # keeps zmq.asyncio: it sends at once when there is room and waits when there is not.
+        # Control requests are read from a plain ZeroMQ socket watched by the event loop
+        # (add_reader), like the session's answers (see PipelineSession.open for why).
         ctx = zmq.Context()
-        in_spec = SocketSpec(SocketType.parse(cfg.socket_in), cfg.host_in, cfg.port_in)
-        out_spec = SocketSpec(SocketType.parse(cfg.socket_out), cfg.host_out, cfg.port_out)
-        self._in = open_socket(ctx, in_spec, hwm=cfg.hwm, subscribe=(self.client_id.encode(),))
-        self._in_has_topic = in_spec.type.zmq_type == zmq.SUB
-        self._out = zmq.asyncio.Socket.from_socket(open_socket(ctx, out_spec, hwm=cfg.hwm))
+        self.session.open(ctx)
         ctrl = ctx.socket(zmq.REP)
         ctrl.setsockopt(zmq.LINGER, 0)
         self.ctrl_port = bind_port(ctrl, cfg.host_ctrl, cfg.port_ctrl)
@@ -126,69 +115,20 @@ class FrontendService(pb_grpc.GnesRPCServicer):
             raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
         self.grpc_port = bound
         await server.start()
-        watched = [self._in.getsockopt(zmq.FD), ctrl.getsockopt(zmq.FD)]
-        self._loop.add_reader(watched[0], self._on_answers)
-        self._loop.add_reader(watched[1], self._on_control, ctrl)
-        self._on_answers()  # the descriptor signals changes only: look once at what is there
-        self._on_control(ctrl)
-        tasks = [asyncio.create_task(self._expire_partials())]
+        ctrl_fd = ctrl.getsockopt(zmq.FD)
+        self._loop.add_reader(ctrl_fd, self._on_control, ctrl)
+        self._on_control(ctrl)  # the descriptor signals changes only: look once at what is there
         self._ready.set()
         self.log.info("frontend ready: gRPC %s:%d, ctrl port %d", cfg.grpc_host, bound, self.ctrl_port)
         try:
             await self._stopping.wait()
         finally:
             await server.stop(grace=2.0)
-            for fd in watched:
-                self._loop.remove_reader(fd)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for sock in (self._in, self._out, ctrl):
-                sock.close()
+            self._loop.remove_reader(ctrl_fd)
+            await self.session.close()
+            ctrl.close()
             ctx.term()
             self.log.info("frontend stopped")
-
-    # ---- the pipeline side -----------------------------------------------------------
-    def _on_answers(self) -> None:
-        # The ZeroMQ descriptor only says that something changed: read EVENTS and take what
-        # is queued, or an answer that came meanwhile would wait for the next one. After
-        # _DRAIN answers the loop gets a turn (gRPC must keep moving) and reading resumes.
-        sock = self._in
-        for _ in range(_DRAIN):
-            if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                return
-            frames = sock.recv_multipart(zmq.NOBLOCK)
-            try:
-                packet = parse_frames(frames[1:] if self._in_has_topic else frames)
-            except WireError as exc:
-                self.log.warning("dropped a malformed answer: %s", exc)
-                continue
-            if packet.envelope.client_id == self.client_id:
-                for done in self.reducer.add(packet):
-                    self._deliver(done)
-        self._loop.call_soon(self._on_answers)
-
-    async def _expire_partials(self) -> None:
-        """Answer, as partial, requests whose parts did not all come back in time."""
-        while True:
-            deadline = self.reducer.next_deadline()
-            wait = 1.0 if deadline is None else min(0.25, max(0.0, deadline - time.monotonic()))
-            await asyncio.sleep(wait)
-            for done in self.reducer.expire():
-                self._deliver(done)
-
-    def _deliver(self, packet: Packet) -> None:
-        entry = self._waiting.pop(packet.envelope.request_id, None)
-        if entry is None:  # its caller already gave up (timeout or cancel)
-            return
-        future, caller_id = entry
-        try:
-            response = packet.response()
-        except WireError as exc:
-            response = error_response(caller_id, packet.envelope.body_type, str(exc))
-        response.request_id = caller_id
-        if not future.done():
-            future.set_result(response)
 
     def _on_control(self, ctrl: zmq.Socket) -> None:
         while ctrl.getsockopt(zmq.EVENTS) & zmq.POLLIN:
@@ -204,54 +144,36 @@ class FrontendService(pb_grpc.GnesRPCServicer):
             "grpc_port": self.grpc_port,
             "ctrl_port": self.ctrl_port,
             "served": self.served,
-            "in_flight": len(self._waiting),
-            "partial": self.reducer.partial_answers,
+            "in_flight": self.session.in_flight,
+            "partial": self.session.reducer.partial_answers,
+            "refused": self.refused,
         }
 
     async def submit(self, request: pb.Request) -> asyncio.Future[pb.Response]:
         """Send one request into the pipeline; the future resolves with its answer."""
-        future: asyncio.Future[pb.Response] = self._loop.create_future()
-        try:
-            body_type = body_type_of(request)
-            check_request(request, self.config)
-        except WireError as exc:
-            future.set_result(error_response(request.request_id, _guess_type(request), str(exc)))
-            return future
-        if body_type == BodyType.CONTROL:
+        if request.WhichOneof("body") == "control":  # answered here: the frontend's own state
+            future: asyncio.Future[pb.Response] = self._loop.create_future()
             response = pb.Response(request_id=request.request_id)
             response.control.status = pb.Response.READY
             response.control.info_json = json.dumps(self.status_info())
             future.set_result(response)
             return future
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
-        internal_id = self._next_id
-        caller_id = request.request_id
-        request.request_id = internal_id
-        env = pb.Envelope(client_id=self.client_id, request_id=internal_id, body_type=body_type)
-        env.num_part.append(1)
-        env.part_ids.append(0)
-        self._waiting[internal_id] = (future, caller_id)
-        # A full pipeline makes this wait, which stops reading from callers: the backpressure.
-        await self._out.send_multipart([env.SerializeToString(), request.SerializeToString()])
-        wait = (
-            self.config.index_timeout if body_type in (BodyType.INDEX, BodyType.TRAIN) else self.config.reduce_timeout
-        )
-        self._loop.call_later(wait + 5.0, self._expire_waiter, internal_id, body_type, wait + 5.0)
-        return future
-
-    def _expire_waiter(self, internal_id: int, body_type: int, waited: float) -> None:
-        entry = self._waiting.pop(internal_id, None)
-        if entry is not None and not entry[0].done():
-            reason = f"no answer from the pipeline within {waited:.0f}s"
-            entry[0].set_result(error_response(entry[1], body_type, reason))
+        return await self.session.submit(request)
 
     # ---- gRPC ------------------------------------------------------------------------
     async def _unary(self, request: pb.Request, context: grpc.aio.ServicerContext) -> pb.Response:
+        if self.session.in_flight >= self.config.max_pending:
+            # Told at once, so the caller backs off instead of waiting into its timeout.
+            self.refused += 1
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.session.in_flight} requests are in the pipeline (--max_pending); retry later",
+            )
         future = await self.submit(request)
         try:
             response = await future
         except asyncio.CancelledError:
-            self._waiting.pop(request.request_id, None)
+            self.session.forget(request.request_id)
             raise
         self.served += 1
         return response
@@ -286,10 +208,3 @@ class FrontendService(pb_grpc.GnesRPCServicer):
             await reader
         finally:
             reader.cancel()
-
-
-def _guess_type(request: pb.Request) -> int:
-    try:
-        return body_type_of(request)
-    except WireError:
-        return BodyType.CONTROL
