@@ -88,12 +88,14 @@ class Envelope(_message.Message):
         QUERY: _ClassVar[Envelope.BodyType]
         CONTROL: _ClassVar[Envelope.BodyType]
         ADMIN: _ClassVar[Envelope.BodyType]
+        EMBED: _ClassVar[Envelope.BodyType]
     UNSET: Envelope.BodyType
     TRAIN: Envelope.BodyType
     INDEX: Envelope.BodyType
     QUERY: Envelope.BodyType
     CONTROL: Envelope.BodyType
     ADMIN: Envelope.BodyType
+    EMBED: Envelope.BodyType
     class route(_message.Message):
         __slots__ = ("service", "start_time", "end_time", "first_start_time", "last_end_time", "service_identity")
         SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -146,7 +148,14 @@ class Message(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "train", "index", "search", "control", "admin")
+    __slots__ = ("request_id", "train", "index", "search", "control", "admin", "embed")
+    class EmbedRequest(_message.Message):
+        __slots__ = ("docs", "embeddings")
+        DOCS_FIELD_NUMBER: _ClassVar[int]
+        EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+        docs: _containers.RepeatedCompositeFieldContainer[Document]
+        embeddings: NdArray
+        def __init__(self, docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ...) -> None: ...
     class TrainRequest(_message.Message):
         __slots__ = ("docs", "flush", "embeddings", "index_name")
         DOCS_FIELD_NUMBER: _ClassVar[int]
@@ -240,16 +249,18 @@ class Request(_message.Message):
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    EMBED_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     train: Request.TrainRequest
     index: Request.IndexRequest
     search: Request.QueryRequest
     control: Request.ControlRequest
     admin: Request.AdminRequest
-    def __init__(self, request_id: _Optional[int] = ..., train: _Optional[_Union[Request.TrainRequest, _Mapping]] = ..., index: _Optional[_Union[Request.IndexRequest, _Mapping]] = ..., search: _Optional[_Union[Request.QueryRequest, _Mapping]] = ..., control: _Optional[_Union[Request.ControlRequest, _Mapping]] = ..., admin: _Optional[_Union[Request.AdminRequest, _Mapping]] = ...) -> None: ...
+    embed: Request.EmbedRequest
+    def __init__(self, request_id: _Optional[int] = ..., train: _Optional[_Union[Request.TrainRequest, _Mapping]] = ..., index: _Optional[_Union[Request.IndexRequest, _Mapping]] = ..., search: _Optional[_Union[Request.QueryRequest, _Mapping]] = ..., control: _Optional[_Union[Request.ControlRequest, _Mapping]] = ..., admin: _Optional[_Union[Request.AdminRequest, _Mapping]] = ..., embed: _Optional[_Union[Request.EmbedRequest, _Mapping]] = ...) -> None: ...
 
 class Response(_message.Message):
-    __slots__ = ("request_id", "train", "index", "search", "control", "admin", "error")
+    __slots__ = ("request_id", "train", "index", "search", "control", "admin", "embed", "error")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         SUCCESS: _ClassVar[Response.Status]
@@ -316,6 +327,13 @@ class Response(_message.Message):
         shards_expected: int
         result_counts: _containers.RepeatedScalarFieldContainer[int]
         def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., top_k: _Optional[int] = ..., topk_results: _Optional[_Iterable[_Union[Response.QueryResponse.ScoredResult, _Mapping]]] = ..., is_big_score_similar: _Optional[bool] = ..., is_sorted: _Optional[bool] = ..., partial: _Optional[bool] = ..., shards_answered: _Optional[int] = ..., shards_expected: _Optional[int] = ..., result_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+    class EmbedResponse(_message.Message):
+        __slots__ = ("status", "embeddings")
+        STATUS_FIELD_NUMBER: _ClassVar[int]
+        EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+        status: Response.Status
+        embeddings: NdArray
+        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ...) -> None: ...
     class AdminResponse(_message.Message):
         __slots__ = ("status", "info_json", "docs")
         STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +349,7 @@ class Response(_message.Message):
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    EMBED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     train: Response.TrainResponse
@@ -338,5 +357,6 @@ class Response(_message.Message):
     search: Response.QueryResponse
     control: Response.ControlResponse
     admin: Response.AdminResponse
+    embed: Response.EmbedResponse
     error: str
-    def __init__(self, request_id: _Optional[int] = ..., train: _Optional[_Union[Response.TrainResponse, _Mapping]] = ..., index: _Optional[_Union[Response.IndexResponse, _Mapping]] = ..., search: _Optional[_Union[Response.QueryResponse, _Mapping]] = ..., control: _Optional[_Union[Response.ControlResponse, _Mapping]] = ..., admin: _Optional[_Union[Response.AdminResponse, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[int] = ..., train: _Optional[_Union[Response.TrainResponse, _Mapping]] = ..., index: _Optional[_Union[Response.IndexResponse, _Mapping]] = ..., search: _Optional[_Union[Response.QueryResponse, _Mapping]] = ..., control: _Optional[_Union[Response.ControlResponse, _Mapping]] = ..., admin: _Optional[_Union[Response.AdminResponse, _Mapping]] = ..., embed: _Optional[_Union[Response.EmbedResponse, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...

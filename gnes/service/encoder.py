@@ -32,11 +32,18 @@ class EncoderService(BaseService):
             self.encoder.close()
 
     def status_info(self) -> dict[str, object]:
-        return {**super().status_info(), "dim": self.encoder.dim if self.encoder else None}
+        info = {**super().status_info(), "dim": self.encoder.dim if self.encoder else None}
+        if self.encoder is not None:
+            # What `gnes client status` shows: the class, and the model it loaded where it has one.
+            name = type(self.encoder).__name__
+            default = "all-MiniLM-L6-v2" if name == "SentenceTransformerEncoder" else name  # model_path None
+            info["encoder"] = name
+            info["model"] = str(getattr(self.encoder, "model_path", None) or default)
+        return info
 
     def handle(self, packet: Packet) -> None:
         env = packet.envelope
-        if env.is_response or env.body_type not in (BodyType.INDEX, BodyType.TRAIN, BodyType.QUERY):
+        if env.is_response or env.body_type not in (BodyType.INDEX, BodyType.TRAIN, BodyType.QUERY, BodyType.EMBED):
             self.send_out(packet)
             return
         request = packet.request()
@@ -48,7 +55,7 @@ class EncoderService(BaseService):
         packet.body = request.SerializeToString()
         self.send_out(packet)
 
-    def _encode_docs(self, body: pb.Request.IndexRequest | pb.Request.TrainRequest) -> None:
+    def _encode_docs(self, body: pb.Request.IndexRequest | pb.Request.TrainRequest | pb.Request.EmbedRequest) -> None:
         if body.HasField("embeddings"):  # vectors given by the caller (bulk load): nothing to encode
             return
         # Surrounding whitespace carries no meaning (GNES 0.0.47 clients send lines with their newline).

@@ -24,13 +24,14 @@ _BODY_OF_REQUEST = {
     "search": BodyType.QUERY,
     "control": BodyType.CONTROL,
     "admin": BodyType.ADMIN,
+    "embed": BodyType.EMBED,
 }
 
 
 def body_type_of(request: pb.Request) -> int:
     kind = request.WhichOneof("body")
     if kind is None:
-        raise WireError("the request has no body: set one of train, index, search, control, admin")
+        raise WireError("the request has no body: set one of train, index, search, control, admin, embed")
     return _BODY_OF_REQUEST[kind]
 
 
@@ -109,6 +110,8 @@ def error_response(request_id: int, body_type: int, reason: str) -> pb.Response:
         response.train.status = status
     elif body_type == BodyType.ADMIN:
         response.admin.status = status
+    elif body_type == BodyType.EMBED:
+        response.embed.status = status
     else:
         response.control.status = status
     return response

@@ -30,7 +30,7 @@ class ProxyService(BaseService):
 
 
 class MapProxyService(ProxyService):
-    """Splits index and train requests into batches of --batch_size documents (map step)."""
+    """Splits index, train and embed requests into batches of --batch_size documents (map step)."""
 
     kind = "map-proxy"
 
@@ -40,7 +40,7 @@ class MapProxyService(ProxyService):
             self.handle_unknown(packet, "a response on the request path")
             return
         size = self.config.batch_size
-        if size <= 0 or env.body_type not in (BodyType.INDEX, BodyType.TRAIN):
+        if size <= 0 or env.body_type not in (BodyType.INDEX, BodyType.TRAIN, BodyType.EMBED):
             self.send_out(packet)
             return
         request = packet.request()

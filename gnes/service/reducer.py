@@ -15,7 +15,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from ..proto import pb
+import numpy as np
+
+from ..proto import array_to_nd, nd_to_array, pb
 from .message import BodyType, Packet, as_error
 
 GroupKey = tuple[str, int, tuple[int, ...]]
@@ -151,6 +153,8 @@ def merge_parts(parts: list[Packet], expected: int) -> Packet:
             merged.admin.docs.extend(response.admin.docs)
     elif body_type == BodyType.TRAIN:
         merged.train.status = _status(responses, "train")
+    elif body_type == BodyType.EMBED:
+        _merge_embed(merged, responses, missing)
     else:
         merged.control.status = _status(responses, "control")
     if missing and body_type != BodyType.QUERY:
@@ -160,6 +164,15 @@ def merge_parts(parts: list[Packet], expected: int) -> Packet:
         _set_status(merged, pb.Response.ERROR)
     first.body = merged.SerializeToString()
     return first
+
+
+def _merge_embed(merged: pb.Response, responses: list[pb.Response], missing: int) -> None:
+    """The parts' vectors stacked in part order (the parts come sorted by part id); a part
+    that failed or is missing makes the whole answer an error: rows would not line up."""
+    merged.embed.status = _status(responses, "embed")
+    blocks = [nd_to_array(r.embed.embeddings) for r in responses if r.embed.HasField("embeddings")]
+    if merged.embed.status == pb.Response.SUCCESS and blocks and not missing:
+        array_to_nd(np.concatenate(blocks), merged.embed.embeddings)
 
 
 def _merge_search(merged: pb.Response, responses: list[pb.Response], missing: int) -> None:

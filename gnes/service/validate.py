@@ -11,10 +11,10 @@ _MAX_DOC_ID = (1 << 63) - 1
 
 def check_request(request: pb.Request, config: ServiceConfig) -> None:
     kind = request.WhichOneof("body")
-    if kind in ("index", "train"):
+    if kind in ("index", "train", "embed"):
         body = getattr(request, kind)
-        if kind == "index" and not body.docs:
-            raise WireError("the index request has no documents")
+        if kind != "train" and not body.docs:
+            raise WireError(f"the {kind} request has no documents")
         if len(body.docs) > config.max_docs_per_request:
             raise WireError(
                 f"the request has {len(body.docs)} documents; the limit is {config.max_docs_per_request} per request"
