@@ -56,6 +56,8 @@ setup(
         "numpy>=1.24",
         "pyzmq>=25",
         "grpcio>=1.60",
+        # the frontend serves the standard gRPC health service (grpc.health.v1)
+        "grpcio-health-checking>=1.60",
         # the generated code in gnes/proto was made by protoc 7.35 and needs a runtime at least as new
         "protobuf>=7.35.1,<8",
         "ruamel.yaml>=0.18",

@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pending", type=int, default=10000, help="requests in flight at most")
     p.add_argument("--max_doc_bytes", type=int, default=1 << 20, help="largest document accepted, in bytes")
     p.add_argument("--max_docs_per_request", type=int, default=10000, help="most documents in one request")
+    p.add_argument(
+        "--token_file",
+        default="",
+        help="file of 'TOKEN ROLE' lines (roles: read, admin) or JSON; also $GNES_TOKENS='TOKEN:ROLE,...'. "
+        "None configured: calls are open",
+    )
 
     p = sub.add_parser("client", help="index files or search through a running frontend")
     p.add_argument("--grpc_host", default="127.0.0.1", help="host of the gRPC frontend")

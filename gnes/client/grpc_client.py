@@ -35,9 +35,13 @@ class IndexSummary:
 
 
 class GnesClient:
-    def __init__(self, host: str = "127.0.0.1", port: int = 8800, timeout: float = 120.0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 8800, timeout: float = 120.0, token: str | None = None
+    ) -> None:
         self.address = f"{host}:{port}"
         self.timeout = timeout
+        # Sent with every call when the frontend checks tokens (gnes/auth); None: no header.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel = grpc.insecure_channel(self.address, options=_OPTIONS)
         self._stub = pb_grpc.GnesRPCStub(self._channel)
         self._request_ids = itertools.count(1)
@@ -55,7 +59,7 @@ class GnesClient:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)
 
     def call(self, request: pb.Request) -> pb.Response:
-        return self._stub.Call(request, timeout=self.timeout)
+        return self._stub.Call(request, timeout=self.timeout, metadata=self._metadata)
 
     def index(
         self,
@@ -68,7 +72,7 @@ class GnesClient:
         """Index texts with ids start_id, start_id+1, ... in one streaming call."""
         summary = IndexSummary(0, 0, [])
         requests = self._index_requests(texts, batch_size, start_id, metas)
-        for response in self._stub.StreamCall(requests, timeout=None):
+        for response in self._stub.StreamCall(requests, timeout=None, metadata=self._metadata):
             summary.requests += 1
             if response.index.status == pb.Response.ERROR:
                 summary.errors.append(response.error or "index request failed")
@@ -79,7 +83,7 @@ class GnesClient:
         return summary
 
     def stream(self, requests: Iterable[pb.Request]) -> Iterator[pb.Response]:
-        return self._stub.StreamCall(iter(requests), timeout=None)
+        return self._stub.StreamCall(iter(requests), timeout=None, metadata=self._metadata)
 
     def _index_requests(
         self,

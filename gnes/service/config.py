@@ -38,6 +38,7 @@ class ServiceConfig:
     grpc_port: int = 8800
     max_doc_bytes: int = 1 << 20
     max_docs_per_request: int = 10000
+    token_file: str = ""  # frontend, http: tokens and roles (gnes/auth/tokens.py); none: open
     # indexer
     save_interval: float = 0.0
     port_direct: int = -1  # -1: no direct socket; 0: any free port

@@ -20,6 +20,9 @@ from collections.abc import AsyncIterator
 import grpc
 import zmq
 
+from ..auth import TokenStore
+from ..auth.grpc_server import TokenInterceptor
+from ..metrics.readiness import HealthWatcher
 from ..pipeline import PipelineSession
 from ..proto import pb, pb_grpc
 from .config import ServiceConfig
@@ -42,6 +45,9 @@ class FrontendService(pb_grpc.GnesRPCServicer):
         self.client_id = f"{self.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.log = logging.getLogger(f"gnes.{self.name}")
         self.session = PipelineSession(config, self.client_id, self.log)
+        # --token_file, $GNES_TOKEN_FILE or $GNES_TOKENS; none: open, as before tokens existed.
+        self.tokens = TokenStore.from_sources(config.token_file or None)
+        self.health = HealthWatcher(self.session)
         self.grpc_port = config.grpc_port
         self.ctrl_port = 0
         self.served = 0
@@ -108,21 +114,26 @@ class FrontendService(pb_grpc.GnesRPCServicer):
             ("grpc.max_receive_message_length", _MAX_GRPC_MESSAGE),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options)
+        interceptors = [TokenInterceptor(self.tokens)] if self.tokens.enabled else []
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_GnesRPCServicer_to_server(self, server)
+        self.health.add_to(server)  # grpc.health.v1, open to probes without a token
         bound = server.add_insecure_port(f"{cfg.grpc_host}:{cfg.grpc_port}")
         if bound == 0:
             raise OSError(f"cannot bind the gRPC port {cfg.grpc_host}:{cfg.grpc_port}")
         self.grpc_port = bound
         await server.start()
+        await self.health.start()
         ctrl_fd = ctrl.getsockopt(zmq.FD)
         self._loop.add_reader(ctrl_fd, self._on_control, ctrl)
         self._on_control(ctrl)  # the descriptor signals changes only: look once at what is there
         self._ready.set()
         self.log.info("frontend ready: gRPC %s:%d, ctrl port %d", cfg.grpc_host, bound, self.ctrl_port)
+        self.log.info("tokens: %s", f"{len(self.tokens)} configured" if self.tokens.enabled else "none, calls are open")
         try:
             await self._stopping.wait()
         finally:
+            await self.health.stop()
             await server.stop(grace=2.0)
             self._loop.remove_reader(ctrl_fd)
             await self.session.close()
