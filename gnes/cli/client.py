@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from ..client import GnesClient, GnesError
+from ..proto import pb
 
 
 def read_documents(path: Path) -> Iterator[str]:
@@ -28,7 +30,9 @@ def read_documents(path: Path) -> Iterator[str]:
 
 
 def run(args) -> int:  # type: ignore[no-untyped-def]
-    with GnesClient(args.grpc_host, args.grpc_port, timeout=args.timeout) as client:
+    # $GNES_TOKEN: sent as a bearer token when the frontend checks tokens (gnes/auth).
+    token = os.environ.get("GNES_TOKEN") or None
+    with GnesClient(args.grpc_host, args.grpc_port, timeout=args.timeout, token=token) as client:
         wait = min(args.timeout, 30.0)
         try:
             client.wait_ready(timeout=wait)
@@ -39,8 +43,24 @@ def run(args) -> int:  # type: ignore[no-untyped-def]
             return _index(client, Path(args.path), args.batch_size, args.start_id)
         if args.client_command == "query":
             return _query(client, args.text, args.top_k)
-        print(json.dumps(client.status(), indent=2))
-        return 0
+        return _status(client, getattr(args, "json", False))
+
+
+def _status(client: GnesClient, as_json: bool) -> int:
+    """Every service that can be found (gnes/metrics/deployment.py says how), the frontend's
+    counters and the shards' documents; exit 1 when a service is not ready."""
+    from ..metrics.deployment import collect, known_addresses, overview
+    from .status_table import render
+
+    addresses, problems = known_addresses()
+    try:
+        stats: dict[str, object] | None = client.admin(pb.Request.AdminRequest.STATS)
+    except (GnesError, grpc.RpcError) as exc:
+        stats = None
+        problems.append(f"STATS through the pipeline failed: {exc}")
+    view = overview(client.status(), stats, collect(addresses), problems)
+    print(json.dumps(view, indent=2) if as_json else render(view))
+    return 1 if view["ready"] is False else 0
 
 
 def _index(client: GnesClient, path: Path, batch_size: int, start_id: int) -> int:

@@ -127,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("query", help="search and print ranked documents with scores")
     c.add_argument("text", nargs="+", help="query text (several arguments: several queries)")
     c.add_argument("--top_k", type=int, default=10, help="results per query")
-    c = csub.add_parser("status", help="print the frontend's status")
+    c = csub.add_parser(
+        "status",
+        help="every service: ready or not, model and dimension, documents per shard and index "
+        "(services are found through the stack in ./.gnes-local or $GNES_STACK_WORKDIR, and $GNES_STATUS_PEERS)",
+    )
+    c.add_argument("--json", action="store_true", help="print the overview as JSON")
 
     p = sub.add_parser("healthcheck", help="exit 0 if a service answers READY on its control port")
     p.add_argument("--host", default="127.0.0.1", help="host of the service's control socket")

@@ -101,7 +101,10 @@ class ControlServer:
     def _status(self) -> dict[str, Any]:
         services = dict.fromkeys(spec.service for spec in self.stack.specs)
         pids = {name: popen.pid for name, popen in self.stack.processes.items() if popen.poll() is None}
-        return {"replicas": {service: self.stack.slots(service) for service in services}, "pids": pids}
+        # Control addresses: what `gnes client status` and the HTTP /status ask every service.
+        controls = {spec.name: [spec.ctrl_host, spec.ctrl_port] for spec in self.stack.specs if spec.name in pids}
+        replicas = {service: self.stack.slots(service) for service in services}
+        return {"replicas": replicas, "pids": pids, "controls": controls}
 
 
 def request(workdir: str | Path, message: dict[str, Any], timeout: float | None = 600.0) -> dict[str, Any]:
