@@ -15,6 +15,15 @@ python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.14.1 torchvision==0.29.1
 python -m pip install -q -e '.[all,test]'
 
+# tests/test_page.py drives a real browser: Debian's chromium and its driver (root, apt).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
+  else
+    echo "setup: chromium and chromium-driver are missing (apt-get install chromium chromium-driver, as root)" >&2
+  fi
+fi
+
 # GNES 0.0.47 needs Cython < 3 to build and protobuf < 3.21 to run; it lives in its own venv.
 if [ ! -x .venv-gnes047/bin/gnes ]; then
   "$PY" -m venv .venv-gnes047
