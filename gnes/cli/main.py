@@ -10,6 +10,11 @@ from .parser import build_parser
 
 
 def _serve(args) -> int:  # type: ignore[no-untyped-def]
+    if args.command == "http":
+        from ..http.config import HttpConfig
+        from ..http.service import HttpService
+
+        return HttpService(HttpConfig.from_args(args)).run_forever()
     from ..service.config import ServiceConfig
 
     config = ServiceConfig.from_args(args)
@@ -43,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.command in ("proxy", "encode", "index", "frontend"):
+    if args.command in ("proxy", "encode", "index", "frontend", "http"):
         return _serve(args)
     if args.command == "client":
         from .client import run as run_client

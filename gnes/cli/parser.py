@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "None configured: calls are open",
     )
 
+    p = sub.add_parser("http", help="start the HTTP service (embed, search, index; FastAPI with uvicorn)")
+    _service_flags(p, "SUB_CONNECT", "PUSH_CONNECT")
+    _http_flags(p)
+
     p = sub.add_parser("client", help="index files or search through a running frontend")
     p.add_argument("--grpc_host", default="127.0.0.1", help="host of the gRPC frontend")
     p.add_argument("--grpc_port", type=int, default=8800, help="port of the gRPC frontend")
@@ -152,3 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_indexes_parser(sub)
     return parser
+
+
+def _http_flags(p: argparse.ArgumentParser) -> None:
+    h = p.add_argument_group("http")
+    h.add_argument("--http_host", default="127.0.0.1", help="address the HTTP server binds (0.0.0.0 in containers)")
+    h.add_argument("--http_port", type=int, default=8080, help="HTTP port")
+    h.add_argument("--model_name", default="default", help="the name /apply/{model} and /searchwith/{model} answer to")
+    h.add_argument("--reduce_timeout", type=float, default=10.0, help="seconds a query or embedding waits")
+    h.add_argument("--index_timeout", type=float, default=600.0, help="seconds an index request waits")
+    h.add_argument("--max_pending", type=int, default=10000, help="requests in flight at most")
+    h.add_argument("--max_doc_bytes", type=int, default=1 << 20, help="largest document indexed, in bytes")
+    h.add_argument("--max_docs_per_request", type=int, default=10000, help="most documents in one request")
+    h.add_argument("--token_file", default="", help="tokens and roles, as for the frontend; none: open")
+    f = p.add_argument_group("flow control")
+    f.add_argument("--embedding_dim", type=int, default=0, help="the model's dimension, checked at start (0: any)")
+    f.add_argument("--max_batch_size", type=int, default=64, help="texts per EMBED request to the pipeline")
+    f.add_argument("--queue_length", type=int, default=1024, help="texts held before callers get 429")
+    f.add_argument("--max_input_bytes", type=int, default=8192, help="longest text, in UTF-8 bytes")
+    f.add_argument("--truncate", action="store_true", help="cut longer texts to --max_input_bytes instead of 413")
+    f.add_argument("--batch_wait_ms", type=float, default=5.0, help="ms a text waits for others to join its batch")
+    f.add_argument("--max_batches_in_flight", type=int, default=4, help="EMBED requests in the pipeline at once")
+    f.add_argument("--retry_after_s", type=int, default=1, help="the Retry-After of a 429")
+    f.add_argument("--probe_timeout_s", type=float, default=120.0, help="seconds the start probe waits for the model")

@@ -1,0 +1,1 @@
+"""`gnes http`: the HTTP API over the pipeline (FastAPI with uvicorn)."""

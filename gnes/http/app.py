@@ -1,0 +1,178 @@
+"""The FastAPI application: endpoints over the pipeline session and the embedding batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+
+from ..proto import WireError, pb
+from ..service.validate import check_request
+from . import models as m
+from .batcher import PipelineError, QueueFull
+
+if TYPE_CHECKING:
+    from .service import HttpService
+
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": m.ErrorOut} for code in (404, 413, 422, 429, 502)}
+
+
+def _auth(kind: str) -> list[Any]:
+    """The ops engineer's token check (gnes/http/auth.py) where it exists; open otherwise."""
+    if importlib.util.find_spec("gnes.http.auth") is None:
+        return []
+    from . import auth
+
+    return [Depends(auth.require_admin if kind == "admin" else auth.require_read)]
+
+
+def create_app(service: HttpService) -> FastAPI:
+    app = FastAPI(title="gnes", lifespan=service.lifespan, responses=_ERRORS)
+    app.state.service = service
+    app.state.tokens = service.tokens
+    app.state.session = service.session
+    read = APIRouter(dependencies=_auth("read"))
+    admin = APIRouter(dependencies=_auth("admin"))
+
+    @read.post("/embed", response_model=m.EmbedOut)
+    async def embed(body: m.EmbedIn, request: Request) -> m.EmbedOut:
+        rows = await _embed(service, request, body.sentences)
+        return m.EmbedOut(embeddings=rows.tolist())
+
+    @read.post("/embed/batch", response_model=m.BatchOut)
+    async def embed_batch(body: m.BatchIn, request: Request) -> m.BatchOut:
+        """The external-function format: every row answered, in the order given."""
+        rows = await _embed(service, request, [text for _, text in body.data])
+        return m.BatchOut(data=[(row, vec) for (row, _), vec in zip(body.data, rows.tolist(), strict=True)])
+
+    @read.post("/apply/{model}", response_model=m.ApplyOut)
+    async def apply(model: str, body: m.TitleIn, request: Request) -> m.ApplyOut:
+        _check_model(service, model)
+        rows = await _embed(service, request, [body.title])
+        return m.ApplyOut(model=model, embedding=rows[0].tolist())
+
+    @read.post("/searchwith/{model}", response_model=m.SearchWithOut)
+    async def searchwith(model: str, body: m.TitleIn, top_k: int = 10) -> m.SearchWithOut:
+        _check_model(service, model)
+        search = m.SearchIn(text=body.title, top_k=max(1, min(top_k, 1000)))
+        return m.SearchWithOut(model=model, results=(await _search(service, search)).results)
+
+    @read.post("/search", response_model=m.SearchOut)
+    async def search(body: m.SearchIn) -> m.SearchOut:
+        return await _search(service, body)
+
+    @admin.post("/index", response_model=m.IndexOut)
+    async def index(body: m.IndexIn) -> m.IndexOut:
+        request = pb.Request()
+        request.index.index_name = body.index
+        for doc in body.documents:
+            meta = json.dumps(doc.metadata) if doc.metadata is not None else ""
+            request.index.docs.add(doc_id=doc.id, raw_text=_fit(service, doc.text), meta_json=meta)
+        response = await _call(service, request)
+        return m.IndexOut(indexed=response.index.num_docs)
+
+    @read.get("/flow")
+    async def flow() -> dict[str, Any]:
+        """The flow control's counters and settings."""
+        return service.status_info()
+
+    app.include_router(read)
+    app.include_router(admin)
+    # The ops engineer's routers (health, metrics, status; the search page) where they exist.
+    if importlib.util.find_spec("gnes.metrics.prom") is not None:
+        from ..metrics.prom import Metrics
+
+        app.state.metrics = Metrics()
+    for name in ("ops", "page"):
+        if importlib.util.find_spec(f"gnes.http.{name}") is not None:
+            app.include_router(importlib.import_module(f"gnes.http.{name}").router)
+    return app
+
+
+def _check_model(service: HttpService, model: str) -> None:
+    if model not in (service.config.model_name, "default"):
+        raise HTTPException(404, f"no model named {model!r}: this service serves {service.config.model_name!r}")
+
+
+def _fit(service: HttpService, text: str) -> str:
+    """The text as the encoder will take it: within max_input_bytes (cut, or 413)."""
+    if not text.strip():
+        raise HTTPException(422, "a text is empty")
+    limit = service.config.max_input_bytes
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    if not service.config.truncate:
+        raise HTTPException(413, f"a text is {len(raw)} bytes; the limit is {limit} bytes")
+    return raw[:limit].decode("utf-8", errors="ignore")  # never half a character
+
+
+async def _embed(service: HttpService, request: Request, texts: list[str]) -> np.ndarray:
+    texts = [_fit(service, t) for t in texts]
+    batcher = service.batcher
+    if len(texts) > batcher.capacity:
+        raise HTTPException(413, f"{len(texts)} texts in one request; the queue holds {batcher.capacity}")
+    try:
+        future = batcher.offer(texts)
+    except QueueFull as exc:
+        raise HTTPException(429, str(exc), {"Retry-After": str(service.config.retry_after_s)}) from None
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({future, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        batcher.cancel(future)
+        raise
+    finally:
+        gone.cancel()
+    if not future.done():  # the caller went away: its place in the queue is given up
+        batcher.cancel(future)
+        raise HTTPException(499, "the client closed the connection")
+    try:
+        return future.result()
+    except PipelineError as exc:
+        raise HTTPException(502, f"the pipeline failed: {exc}") from None
+
+
+async def _disconnected(request: Request) -> None:
+    # The body is read already: the next ASGI message is the disconnect, when it comes.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _search(service: HttpService, body: m.SearchIn) -> m.SearchOut:
+    request = pb.Request()
+    search = request.search
+    search.query.raw_text = _fit(service, body.text)
+    search.top_k = body.top_k
+    search.index_name = body.index
+    if body.filter is not None:
+        search.filter_field = body.filter.field
+        search.filter_value_json = json.dumps(body.filter.value)
+    response = await _call(service, request)
+    hits = [_hit(r) for r in response.search.topk_results]
+    return m.SearchOut(results=hits, partial=response.search.partial)
+
+
+def _hit(result: pb.Response.QueryResponse.ScoredResult) -> m.Hit:
+    doc = result.doc
+    meta = json.loads(doc.meta_json) if doc.meta_json else None
+    return m.Hit(id=doc.doc_id, score=result.score.value, text=doc.raw_text, metadata=meta)
+
+
+async def _call(service: HttpService, request: pb.Request) -> pb.Response:
+    """One request through the pipeline: refused here (422) if it cannot be served, 502 if the
+    pipeline answers with an error."""
+    try:
+        check_request(request, service.config.pipeline)
+    except WireError as exc:
+        raise HTTPException(422, str(exc)) from None
+    response = await (await service.session.submit(request))
+    kind = response.WhichOneof("body")
+    if response.error or kind is None or getattr(response, kind).status == pb.Response.ERROR:
+        raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
+    return response
