@@ -58,6 +58,21 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+def wait_settled(stack: LocalStack, shards: int, timeout: float = 60.0) -> None:
+    """Until the middleman's placement holds every shard (it answers on its control port)."""
+    from gnes.cli.healthcheck import status_info
+
+    spec = next(s for s in stack.specs if s.service == "middleman-proxy")
+    deadline = time.monotonic() + timeout
+    while True:
+        info = status_info(spec.ctrl_host, spec.ctrl_port) or {}
+        if len(info.get("members", [])) == shards and not info.get("migrating"):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the middleman did not settle on {shards} shards: {info}")
+        time.sleep(0.05)
+
+
 def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> dict[str, float]:
     encoder_yaml, indexer_yaml = CONFIGS[name]
     overrides = free_port_overrides()
@@ -69,9 +84,11 @@ def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> di
     with tempfile.TemporaryDirectory() as workdir:
         stack = LocalStack.from_file(REPO / "compose/gnes-swarm.yml", workdir=workdir, overrides=overrides, quiet=True)
         with stack, GnesClient(port=int(overrides["GRPC_PORT"]), timeout=600) as client:
-            # Timing starts once the empty stack has answered one query: every connection on
-            # the way is then up, so the figure is the indexing rate, not start-up.
+            # Timing starts once the empty stack has answered one query and the middleman has
+            # settled its placement (writes wait for it): every connection on the way is then
+            # up, so the figure is the indexing rate, not start-up.
             client.query(queries[0], top_k=TOP_K)
+            wait_settled(stack, shards)
             started = time.perf_counter()
             summary = client.index(docs, batch_size=BATCH)
             index_s = time.perf_counter() - started

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from ..placement import Placement
 from . import link
 
-# Right after start, wait this long for shards to report the placement they last saw.
+# Right after start, wait at most this long for shards to report the placement they last saw,
+# and at least until no new shard has arrived for SETTLE_QUIET_S. Writes wait meanwhile.
 SETTLE_S = 1.5
+SETTLE_QUIET_S = 0.4
 # Leave requests that arrive this close together are decided together: when every shard
 # asks at once, the whole stack is stopping and nothing should move.
 LEAVE_COALESCE_S = 0.5
@@ -45,6 +47,7 @@ class Membership:
         self.migrations = 0
         self.last_migration_s = 0.0
         self._first_hello: float | None = None
+        self._last_arrival = 0.0
         self._migration: Migration | None = None
         self._leave_asks: dict[str, float] = {}
         self._granted: set[str] = set()
@@ -58,7 +61,10 @@ class Membership:
             return
         newest = max(live, key=lambda s: s.epoch)
         all_back = newest.epoch > 0 and all(self.peers.live(m) for m in newest.members)
-        if not all_back and now - self._first_hello < SETTLE_S:
+        # Shards started together say their first HELLO within moments of each other: settle once
+        # none has arrived for SETTLE_QUIET_S (a later one joins; that costs nothing while empty).
+        quiet = now - self._last_arrival >= SETTLE_QUIET_S
+        if not all_back and not quiet and now - self._first_hello < SETTLE_S:
             return
         if newest.epoch > 0:
             self.epoch, self.ring = newest.epoch, Placement(newest.members)

@@ -151,6 +151,8 @@ class ShardProxyService(Membership, ProxyService):
         if self._first_hello is None:
             self._first_hello = time.monotonic()
         if appeared:
+            self._last_arrival = time.monotonic()
+        if appeared:
             self.log.info("shard %s is up (%d unacknowledged writes to send again)", shard.id, len(shard.writes))
             for part in list(shard.writes.values()):
                 if not self._to_shard(shard, [link.REQ, part.env.SerializeToString(), part.body]):
