@@ -171,7 +171,7 @@ wheelhouse() { # $1 = slim | full
   local variant=$1 wheel extras dest=$CACHE/wheels/$1
   wheel=$(gnes_wheel)
   case $variant in
-    slim) extras="faiss,lmdb" ;;
+    slim) extras="faiss,lmdb,http" ;;
     full) extras="all" ;;
     *) die "unknown variant $variant (slim or full)" ;;
   esac

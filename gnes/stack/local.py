@@ -39,6 +39,7 @@ DEFAULT_SCALE_GRACE = 120.0  # a shard scaled away first hands its documents ove
 # port, so that several stacks (or a stack beside other work) never collide.
 PORT_VARIABLES = (
     "GRPC_PORT",
+    "HTTP_PORT",
     "INCOME_PROXY_IN",
     "INCOME_PROXY_OUT",
     "MIDDLEMAN_PROXY_IN",
