@@ -85,9 +85,11 @@ def create_app(service: HttpService) -> FastAPI:
     app.include_router(admin)
     # The ops engineer's routers (health, metrics, status; the search page) where they exist.
     if importlib.util.find_spec("gnes.metrics.prom") is not None:
+        from ..metrics.http import MetricsMiddleware
         from ..metrics.prom import Metrics
 
         app.state.metrics = Metrics()
+        app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # requests by endpoint and status
     for name in ("ops", "page"):
         if importlib.util.find_spec(f"gnes.http.{name}") is not None:
             app.include_router(importlib.import_module(f"gnes.http.{name}").router)
