@@ -60,7 +60,11 @@ class PipelineSession:
         out_spec = SocketSpec(SocketType.parse(cfg.socket_out), cfg.host_out, cfg.port_out)
         self._in = open_socket(ctx, in_spec, hwm=cfg.hwm, subscribe=(self.client_id.encode(),))
         self._in_has_topic = in_spec.type.zmq_type == zmq.SUB
-        self._out = zmq.asyncio.Socket.from_socket(open_socket(ctx, out_spec, hwm=cfg.hwm))
+        # The asyncio wrapper is a shadow of the plain socket, which stays the owner: closing only
+        # the shadow left the plain object to close the same handle again when collected, by
+        # then possibly another socket's (in-process pipelines: "Socket operation on non-socket").
+        self._out_owner = open_socket(ctx, out_spec, hwm=cfg.hwm)
+        self._out = zmq.asyncio.Socket.from_socket(self._out_owner)
         self._loop.add_reader(self._in.getsockopt(zmq.FD), self._on_answers)
         self._on_answers()  # the descriptor signals changes only: look once at what is there
         self._expiry = asyncio.create_task(self._expire_partials())
@@ -73,7 +77,7 @@ class PipelineSession:
             self._loop.remove_reader(self._in.getsockopt(zmq.FD))
             self._in.close()
         if self._out is not None:
-            self._out.close()
+            self._out_owner.close()
         for future, caller_id in self._waiting.values():
             if not future.done():
                 future.set_result(error_response(caller_id, BodyType.CONTROL, "the service is stopping"))
