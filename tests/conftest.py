@@ -45,6 +45,7 @@ def start_inprocess_pipeline(
     data_dir: Path | None,
     batch_size: int = 0,
     reduce_timeout: float = 10.0,
+    hold_timeout: float = 30.0,
 ) -> InProcessPipeline:
     from gnes.client import GnesClient
     from gnes.service.config import ServiceConfig
@@ -74,7 +75,15 @@ def start_inprocess_pipeline(
     specs = [
         spec("income", MapProxyService, "income_in", "income_out", "PULL_BIND ROUTER_BIND", batch_size=batch_size),
         # The middleman's own answers (a shard that is down, a write held too long) go straight to the reducer.
-        spec("middle", ShardProxyService, "middle_in", "out_in", "PULL_BIND PUSH_CONNECT", port_broadcast=broadcast),
+        spec(
+            "middle",
+            ShardProxyService,
+            "middle_in",
+            "out_in",
+            "PULL_BIND PUSH_CONNECT",
+            port_broadcast=broadcast,
+            hold_timeout=hold_timeout,
+        ),
         spec("outgoing", ReduceProxyService, "out_in", "out_out", "PULL_BIND PUB_BIND", reduce_timeout=reduce_timeout),
         spec(
             "encoder", EncoderService, "income_out", "middle_in", "DEALER_CONNECT PUSH_CONNECT", yaml_path=encoder_yaml

@@ -49,7 +49,7 @@ def assert_each_found_once(client: GnesClient, ids: list[int], sample: int = 60)
         assert len({h.doc_id for h in hits}) == len(hits), f"an answer holds a document twice: {hits}"
 
 
-def add_shard(pipe, shard_id: str, data_dir: Path) -> IndexerService:  # type: ignore[no-untyped-def]
+def add_shard(pipe, shard_id: str, data_dir: Path, dump: Path | None = None) -> IndexerService:  # type: ignore[no-untyped-def]
     config = ServiceConfig(
         name=f"indexer-{shard_id}",
         socket_in="NONE",
@@ -58,7 +58,7 @@ def add_shard(pipe, shard_id: str, data_dir: Path) -> IndexerService:  # type: i
         port_broadcast=pipe.ports["broadcast"],
         shard_id=shard_id,
         yaml_path=INDEXER_YAML,
-        dump_path=str(data_dir / f"shard{shard_id}"),
+        dump_path=str(dump or data_dir / f"shard{shard_id}"),
     )
     return IndexerService(config).start()
 
@@ -92,6 +92,34 @@ def test_writing_an_id_again_replaces_it_on_its_one_shard(tmp_path: Path) -> Non
             for i in range(3):
                 stored = pipe.shard(i).indexes.get("").store.ids()
                 assert set(ring.owner_index(stored).tolist()) <= {i}, "a document is on a shard that does not own it"
+    finally:
+        pipe.stack.close()
+
+
+def test_a_write_for_a_shard_that_stays_down_gets_a_clear_error_within_the_hold_bound(tmp_path: Path) -> None:
+    pipe = start_inprocess_pipeline(ENCODER_YAML, INDEXER_YAML, shards=2, data_dir=tmp_path, hold_timeout=2.0)
+    try:
+        with GnesClient(port=pipe.grpc_port, timeout=60) as client:
+            assert client.index([text_of(i) for i in range(100)], batch_size=100).errors == []
+            pipe.shard(1).stop()  # shard "2" goes away and does not come back in time
+            started = time.monotonic()
+            summary = client.index([text_of(i) for i in range(100, 200)], batch_size=100, start_id=100)
+            waited = time.monotonic() - started
+            assert waited < 6, f"the caller waited {waited:.1f}s; the hold bound is 2 s"
+            assert summary.errors and "shard 2" in summary.errors[0] and "not stored" in summary.errors[0]
+            # the other shard's part of that request was stored; a query still answers, partially
+            hits = client.query(text_of(3), top_k=3)
+            owner = Placement(["1", "2"]).owner(3)
+            assert (hits[0].doc_id == 3) == (owner == "1")
+            # the shard comes back (same id, same data): writes succeed again, nothing was lost
+            back = add_shard(pipe, "2", tmp_path, dump=tmp_path / "shard1")  # the stopped shard's own data
+            try:
+                wait_settled(pipe, 2)
+                assert client.index([text_of(i) for i in range(200, 300)], batch_size=100, start_id=200).errors == []
+                for doc_id in (5, 50, 250):  # acknowledged before and after the outage: all found
+                    assert client.query(text_of(doc_id), top_k=1)[0].doc_id == doc_id
+            finally:
+                back.stop()
     finally:
         pipe.stack.close()
 
