@@ -6,6 +6,8 @@ import asyncio
 import importlib
 import importlib.util
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,7 +34,16 @@ def _auth(kind: str) -> list[Any]:
 
 
 def create_app(service: HttpService) -> FastAPI:
-    app = FastAPI(title="gnes", lifespan=service.lifespan, responses=_ERRORS)
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with service.lifespan(app):
+            # The batcher exists once the service's lifespan has opened the session.
+            metrics = getattr(app.state, "metrics", None)
+            if metrics is not None and service.batcher is not None:
+                service.batcher.on_batch = metrics.observe_batch
+            yield
+
+    app = FastAPI(title="gnes", lifespan=lifespan, responses=_ERRORS)
     app.state.service = service
     app.state.tokens = service.tokens
     app.state.session = service.session
@@ -90,6 +101,8 @@ def create_app(service: HttpService) -> FastAPI:
 
         app.state.metrics = Metrics()
         app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # requests by endpoint and status
+        # Per-stage latency from each answer's route stamps (only the session sees the envelope).
+        service.session.on_answer = app.state.metrics.observe_answer
     for name in ("ops", "page"):
         if importlib.util.find_spec(f"gnes.http.{name}") is not None:
             app.include_router(importlib.import_module(f"gnes.http.{name}").router)

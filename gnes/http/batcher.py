@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,8 @@ class EmbedBatcher:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        # Called with the size of each batch sent on (the app's batch-size histogram).
+        self.on_batch: Callable[[int], None] | None = None
 
     # ---- callers -----------------------------------------------------------------------
     def offer(self, texts: list[str]) -> asyncio.Future[np.ndarray]:
@@ -142,6 +145,11 @@ class EmbedBatcher:
 
     async def _send(self, batch: list[_Item]) -> None:
         texts = [t for item in batch for t in item.texts]
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(texts))
+            except Exception:  # a broken observer must not fail the batch
+                self.log.exception("the on_batch hook failed")
         try:
             rows = await self.embed_now(texts)
             start = 0

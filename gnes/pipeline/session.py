@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
@@ -45,6 +46,9 @@ class PipelineSession:
         self._out: zmq.asyncio.Socket | None = None
         self._in_has_topic = False
         self._expiry: asyncio.Task[None] | None = None
+        # Called with each delivered answer and its reduced envelope, whose route stamps the
+        # answer itself does not carry (the HTTP service feeds its per-stage histograms).
+        self.on_answer: Callable[[pb.Envelope, pb.Response], None] | None = None
 
     # ---- lifecycle (call both from the event loop's own thread) ------------------------
     def open(self, ctx: zmq.Context) -> None:
@@ -158,6 +162,11 @@ class PipelineSession:
         except WireError as exc:
             response = error_response(caller_id, packet.envelope.body_type, str(exc))
         response.request_id = caller_id
+        if self.on_answer is not None:
+            try:
+                self.on_answer(packet.envelope, response)
+            except Exception:  # a broken observer must not cost the caller its answer
+                self.log.exception("the on_answer hook failed")
         if not future.done():
             future.set_result(response)
 
