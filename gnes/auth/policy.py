@@ -1,4 +1,7 @@
-"""Which role a request needs: reading needs `read`, changing data or the deployment `admin`."""
+"""Which role a request needs: reading needs `read`, changing data or the deployment `admin`.
+
+EMBED only computes vectors and stores nothing, so it is a read like a search (issue 9: read-only
+tokens search and embed)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ _READ_ADMIN = frozenset({Admin.LIST, Admin.STATS, Admin.GET_DOCS})
 
 def required_role(request: pb.Request) -> Role:
     kind = request.WhichOneof("body")
-    if kind == "search":
+    if kind in ("search", "embed"):
         return Role.READ
     if kind == "control":
         stop = request.control.command == pb.Request.ControlRequest.TERMINATE
