@@ -5,6 +5,7 @@ and callers that go away giving up their place."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -237,3 +238,33 @@ async def _until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-un
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         await asyncio.sleep(0.01)
+
+
+def test_the_control_port_answers_pending_until_the_pipeline_answers_then_ready_and_terminates(
+    hash_pipeline: InProcessPipeline,
+) -> None:
+    from gnes.cli.healthcheck import query_status
+
+    # First no pipeline at all (ports nobody serves): the service runs, but is not ready.
+    idle_in, idle_out, ctrl = free_ports(3)
+    service = _http(idle_in, idle_out)
+    service.config.pipeline.port_ctrl = ctrl
+    thread = threading.Thread(target=service._run_thread, args=(service._make_server(),), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (answer := query_status("127.0.0.1", ctrl, 0.5)) is None:
+            assert time.monotonic() < deadline, "the control port never answered"
+        assert answer.control.status == pb.Response.PENDING
+        terminated = query_status("127.0.0.1", ctrl, 2.0, terminate=True)
+        assert terminated is not None and terminated.control.status == pb.Response.SUCCESS
+        thread.join(10)
+        assert not thread.is_alive(), "TERMINATE did not stop the service"
+    finally:
+        service.stop()
+    # Then on the pipeline: READY, with the service's own status.
+    with _on(hash_pipeline) as service:
+        answer = query_status("127.0.0.1", service.ctrl_port, 2.0)
+        assert answer is not None and answer.control.status == pb.Response.READY
+        info = json.loads(answer.control.info_json)
+        assert info["kind"] == "http" and info["ctrl_port"] == service.ctrl_port and info["dim"] > 0

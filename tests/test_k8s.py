@@ -60,7 +60,7 @@ def test_every_manifest_is_valid_for_kubernetes() -> None:
 def test_the_indexer_is_a_stateful_set_with_a_claim_per_pod_and_the_others_are_deployments() -> None:
     sets, deployments = by_kind("StatefulSet"), by_kind("Deployment")
     assert sorted(sets) == ["indexer"]
-    assert sorted(deployments) == ["encoder", "frontend", "income-proxy", "middleman-proxy", "outgoing-proxy"]
+    assert sorted(deployments) == ["encoder", "frontend", "http", "income-proxy", "middleman-proxy", "outgoing-proxy"]
     indexer = sets["indexer"]
     claim = indexer["spec"]["volumeClaimTemplates"][0]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
@@ -70,11 +70,13 @@ def test_the_indexer_is_a_stateful_set_with_a_claim_per_pod_and_the_others_are_d
     assert indexer["spec"]["serviceName"] == "indexer" and indexer["spec"]["replicas"] == 3
 
 
-def test_services_are_headless_except_the_published_frontend_and_every_peer_is_reachable() -> None:
+def test_services_are_headless_except_the_published_entry_points_and_every_peer_is_reachable() -> None:
     services = by_kind("Service")
     workloads = {**by_kind("Deployment"), **by_kind("StatefulSet")}
     assert sorted(services) == sorted(workloads)
     assert "clusterIP" not in services["frontend"]["spec"]
+    assert "clusterIP" not in services["http"]["spec"]
+    assert {"name": "http", "port": 8080} in services["http"]["spec"]["ports"]
     for name in ("indexer", "income-proxy", "middleman-proxy", "outgoing-proxy"):
         assert services[name]["spec"]["clusterIP"] == "None", name
     for name, workload in workloads.items():

@@ -134,3 +134,16 @@ def test_stage_latency_from_route_stamps() -> None:
     assert 'gnes_stage_seconds_bucket{le="0.0025",stage="encoder"} 0.0' in text  # it took 3 ms
     assert 'gnes_pipeline_seconds_count{kind="query"} 1.0' in text
     assert 'gnes_pipeline_answers_total{kind="query",status="ok"} 1.0' in text
+
+
+def test_peers_that_do_not_resolve_are_dropped_only_beside_a_stack() -> None:
+    from gnes.metrics.deployment import parse_peers
+
+    text = "encoder=tasks.no-such-service.invalid:5399,lo=127.0.0.1:5400"
+    # On its own (Swarm): a service whose name does not resolve is down, and listed as such.
+    assert [(a.name, a.host) for a in parse_peers(text)] == [
+        ("encoder", "tasks.no-such-service.invalid"),
+        ("lo", "127.0.0.1"),
+    ]
+    # Beside a local stack, the stack file's Swarm names are left out; addresses stay.
+    assert [(a.name, a.host) for a in parse_peers(text, drop_unresolved=True)] == [("lo", "127.0.0.1")]

@@ -211,8 +211,8 @@ def installed_stack(venv: Path, tmp_path: Path) -> Iterator[tuple[int, list[int]
 
 def test_installed_wheel_runs_a_stack_that_indexes_and_queries(installed_stack: tuple[int, list[int]]) -> None:
     port, pids = installed_stack
-    # frontend, income proxy, encoder, middleman proxy, 2 shards, outgoing proxy: all the venv's python.
-    assert len(pids) == 7, pids
+    # frontend, http, income proxy, encoder, middleman proxy, 2 shards, outgoing proxy: all the venv's python.
+    assert len(pids) == 8, pids
     docs = [
         "the bushfires near Sydney burned for a week",
         "the central bank raised interest rates again",

@@ -96,15 +96,15 @@ def test_real_stack_expands_with_no_environment(tmp_path: Path) -> None:
     specs = expand(COMPOSE, tmp_path)
     names = [spec.name for spec in specs]
     assert sorted(names) == sorted(
-        ["frontend.1", "income-proxy.1", "encoder.1", "middleman-proxy.1"]
+        ["frontend.1", "http.1", "income-proxy.1", "encoder.1", "middleman-proxy.1"]
         + [f"indexer.{slot}" for slot in (1, 2, 3)]
         + ["outgoing-proxy.1"]
     )
-    # Dependencies start first; the frontend (which depends on everything) last.
+    # Dependencies start first; the entry points (the frontend and http depend on everything) last.
     assert names.index("income-proxy.1") < names.index("encoder.1")
     assert names.index("middleman-proxy.1") < names.index("indexer.1")
     assert names.index("outgoing-proxy.1") < names.index("indexer.1")
-    assert names[-1] == "frontend.1"
+    assert sorted(names[-2:]) == ["frontend.1", "http.1"]
 
     for spec in specs:
         for flag in HOST_FLAGS:
@@ -130,6 +130,15 @@ def test_real_stack_expands_with_no_environment(tmp_path: Path) -> None:
     frontend = specs_by_name["frontend.1"]
     assert flag_value(frontend.argv, "--grpc_port") == "8800"
     assert LocalStack(specs).endpoints() == {"frontend": "127.0.0.1:8800"}
+    http = specs_by_name["http.1"]
+    assert flag_value(http.argv, "--http_port") == "8080"
+    assert flag_value(http.argv, "--http_host") == "127.0.0.1"
+    assert flag_value(http.argv, "--queue_length") == "1024"
+    # the Swarm peers of the status overview, one per service (tasks.<service>: every replica)
+    for spec in (frontend, http):
+        peers = dict(item.split("=", 1) for item in spec.env["GNES_STATUS_PEERS"].split(","))
+        assert sorted(peers) == sorted({s.service for s in specs}), spec.name
+        assert all(where == f"tasks.{name}:5399" for name, where in peers.items())
 
 
 def test_real_stack_overrides_win_over_environment(tmp_path: Path) -> None:
@@ -156,9 +165,9 @@ def test_real_stack_uses_one_default_per_variable() -> None:
 
 
 def test_real_stack_control_ports_avoid_stack_ports(tmp_path: Path) -> None:
-    offered = iter([5310, 5331, 8800, 45000, 45000, 45001, 45002, 45003, 45004, 45005, 45006, 45007])
+    offered = iter([5310, 5331, 8800, 8080, 45000, 45000, 45001, 45002, 45003, 45004, 45005, 45006, 45007, 45008])
     specs = expand_stack(COMPOSE, workdir=tmp_path, environ={}, free_port=lambda: next(offered))
-    assert sorted(spec.ctrl_port for spec in specs) == list(range(45000, 45008))
+    assert sorted(spec.ctrl_port for spec in specs) == list(range(45000, 45009))
 
 
 def test_docker_stack_config_accepts_the_stack_file() -> None:
@@ -371,7 +380,7 @@ def test_cli_print_lists_processes(tmp_path: Path, capsys: pytest.CaptureFixture
     code = stack_main(["-f", str(COMPOSE), "--print", "--workdir", str(tmp_path), "--env", "INDEXER_REPLICAS=2"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert [line.split(" | ")[0] for line in lines][-3:] == ["indexer.1", "indexer.2", "frontend.1"]
+    assert [line.split(" | ")[0] for line in lines][-4:] == ["indexer.1", "indexer.2", "frontend.1", "http.1"]
     assert all(" gnes " in line or line.split(" | ")[1].startswith("gnes ") for line in lines)
     assert not (tmp_path / "volumes").exists()
 

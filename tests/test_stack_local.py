@@ -58,10 +58,10 @@ def test_local_stack_with_hash_encoder_starts_and_stops(tmp_path: Path) -> None:
         stack.start()
         processes = stack.processes
         assert sorted(processes) == sorted(
-            ["frontend.1", "income-proxy.1", "encoder.1", "middleman-proxy.1", "indexer.1", "indexer.2"]
+            ["frontend.1", "http.1", "income-proxy.1", "encoder.1", "middleman-proxy.1", "indexer.1", "indexer.2"]
             + ["outgoing-proxy.1"]
         )
-        for spec in specs:
+        for spec in specs:  # the http service too: its control port answers READY once it serves
             assert processes[spec.name].poll() is None, spec.name
             assert healthcheck.check_ready(spec.ctrl_host, spec.ctrl_port, 5.0), spec.name
         assert stack.endpoints() == {"frontend": f"127.0.0.1:{overrides['GRPC_PORT']}"}
@@ -202,7 +202,7 @@ def test_gnes_stack_scales_through_its_work_dir_and_kill_9_of_it_leaves_no_servi
     try:
         wait_for(lambda: (tmp_path / "stack.json").is_file() or stack.poll() is not None, 90, "stack.json")
         assert stack.poll() is None, stack.stdout.read()  # type: ignore[union-attr]
-        assert len(ps()) == 7
+        assert len(ps()) == 8  # the http service is one of them
         scaled = subprocess.run(
             [sys.executable, "-m", "gnes", "stack", "scale", "encoder=2", "--workdir", str(tmp_path)],
             capture_output=True, text=True, timeout=90,
@@ -211,7 +211,7 @@ def test_gnes_stack_scales_through_its_work_dir_and_kill_9_of_it_leaves_no_servi
         assert "encoder: 2 replica(s)" in scaled.stdout
         running = ps()
         pids = list(running.values())
-        assert len(pids) == 8 and "encoder.2" in running
+        assert len(pids) == 9 and "encoder.2" in running
         index_and_find(int(overrides["GRPC_PORT"]))
         stack.kill()  # kill -9 the supervisor: no chance to stop anything itself
         stack.wait()

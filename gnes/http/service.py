@@ -3,7 +3,8 @@
 It takes answers from the outgoing proxy's PUB socket under its own client id and sends to
 the income proxy, through a PipelineSession opened in uvicorn's event loop (the one thread
 that uses its sockets). At start it embeds a probe text: the model's dimension must be
---embedding_dim where that is set, or the service stops with an error.
+--embedding_dim where that is set, or the service stops with an error. Its control socket
+(--port_ctrl, see control.py) answers READY from then on, for healthchecks and the stack.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import zmq
 from fastapi import FastAPI
 
 from ..pipeline import PipelineSession
+from ..proto import pb
 from .batcher import EmbedBatcher
 from .config import HttpConfig
+from .control import ControlSocket
 
 
 class HttpService:
@@ -38,6 +41,7 @@ class HttpService:
         self.batcher: EmbedBatcher | None = None
         self.tokens = _load_tokens(config.pipeline.token_file)
         self.model_dim = 0
+        self.ctrl_port = 0
         self._failure: BaseException | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -48,6 +52,9 @@ class HttpService:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         cfg = self.config
         ctx = zmq.Context()
+        pipe = cfg.pipeline
+        control = ControlSocket(pipe.host_ctrl, pipe.port_ctrl, self.status_info, self._control_state, self._terminate)
+        self.ctrl_port = control.open(ctx)  # first: a control port already taken fails before anything else opens
         self.session.open(ctx)
         self.batcher = EmbedBatcher(
             self.session,
@@ -65,6 +72,7 @@ class HttpService:
             probe.cancel()
             await asyncio.gather(probe, return_exceptions=True)
             await self.batcher.close()
+            control.close()
             await self.session.close()
             ctx.term()
             self.log.info("http service stopped")
@@ -91,7 +99,11 @@ class HttpService:
             return self._fail(RuntimeError(f"the model returns {self.model_dim}-d vectors; --embedding_dim is {want}"))
         self.batcher.dim = self.model_dim
         self.log.info(
-            "http service ready: %s:%d, %d-d model", self.config.http_host, self.config.http_port, rows.shape[1]
+            "http service ready: %s:%d, %d-d model, ctrl port %d",
+            self.config.http_host,
+            self.config.http_port,
+            rows.shape[1],
+            self.ctrl_port,
         )
         self._ready.set()
 
@@ -105,6 +117,18 @@ class HttpService:
     @property
     def ready(self) -> bool:
         return self.model_dim > 0 and self._failure is None
+
+    def _control_state(self) -> int:
+        """READY once the pipeline answered the probe and uvicorn listens (its lifespan startup
+        runs before the bind, so the probe alone could say READY to a port not yet open)."""
+        if self._failure is not None:
+            return pb.Response.ERROR
+        listening = self._server is None or self._server.started
+        return pb.Response.READY if self.ready and listening else pb.Response.PENDING
+
+    def _terminate(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
 
     def _make_server(self) -> uvicorn.Server:
         from .app import create_app
@@ -158,6 +182,7 @@ class HttpService:
             "name": self.name,
             "kind": self.kind,
             "http_port": cfg.http_port,
+            "ctrl_port": self.ctrl_port,
             "model": cfg.model_name,
             "dim": self.model_dim,
             "ready": self.ready,

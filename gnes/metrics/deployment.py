@@ -39,9 +39,10 @@ class ControlAddress:
     port: int
 
 
-def parse_peers(text: str) -> list[ControlAddress]:
+def parse_peers(text: str, drop_unresolved: bool = False) -> list[ControlAddress]:
     """``NAME=HOST:PORT,...`` (NAME optional: it defaults to HOST) -> addresses, each host
-    resolved to every address it has (one per replica on Swarm)."""
+    resolved to every address it has (one per replica on Swarm). A host that does not resolve
+    is kept as given (listed as not answering), or left out with `drop_unresolved`."""
     found: list[ControlAddress] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, where = item.partition("=")
@@ -51,10 +52,20 @@ def parse_peers(text: str) -> list[ControlAddress]:
         if not colon or not host or not port.isdigit():
             raise ValueError(f"${ENV_PEERS}: expected NAME=HOST:PORT, got {item!r}")
         hosts = _resolve_all(host)
+        if drop_unresolved and hosts == [host] and not _is_address(host):
+            continue
         for i, address in enumerate(hosts, 1):
             label = name or host
             found.append(ControlAddress(f"{label}.{i}" if len(hosts) > 1 else label, address, int(port)))
     return found
+
+
+def _is_address(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
 
 
 def _resolve_all(host: str) -> list[str]:
@@ -90,7 +101,9 @@ def known_addresses(
         except Exception as exc:  # reported beside the table: the other sources still count
             problems.append(f"stack in {where}: {exc}")
     try:
-        for address in parse_peers(env.get(ENV_PEERS, "")):
+        # A local stack runs the stack file, whose peers name Swarm's tasks.<service>: on this machine
+        # those do not resolve, and the stack has listed its processes already.
+        for address in parse_peers(env.get(ENV_PEERS, ""), drop_unresolved=bool(found)):
             found.setdefault((address.host, address.port), address)
     except ValueError as exc:
         problems.append(str(exc))

@@ -8,7 +8,7 @@ __all__ = ["HOST_FLAGS", "LOOPBACK", "flag_value", "port_values", "rewrite_argv"
 
 LOOPBACK = "127.0.0.1"
 # Flags whose value is a host name; a service name or alias there means "that container" in swarm.
-HOST_FLAGS = frozenset({"--host_in", "--host_out", "--host_broadcast", "--grpc_host", "--host_ctrl"})
+HOST_FLAGS = frozenset({"--host_in", "--host_out", "--host_broadcast", "--grpc_host", "--http_host", "--host_ctrl"})
 
 
 def flag_value(argv: Sequence[str], flag: str) -> str | None:

@@ -157,7 +157,7 @@ def _k8s_name(key: str) -> str:
 
 
 def _ports(argv: list[str]) -> list[tuple[str, int]]:
-    """The ports the service listens on: bound sockets, broadcast, gRPC, control."""
+    """The ports the service listens on: bound sockets, broadcast, gRPC, HTTP, control."""
     found: list[tuple[str, int]] = []
     for flag, port_name in (("--port_in", "in"), ("--port_out", "out"), ("--port_broadcast", "broadcast")):
         value = flag_value(argv, flag)
@@ -169,7 +169,7 @@ def _ports(argv: list[str]) -> list[tuple[str, int]]:
             bound = (flag_value(argv, _BOUND[flag]) or "").endswith("_BIND")
         if bound:
             found.append((port_name, int(value)))
-    for flag, port_name in (("--grpc_port", "grpc"), ("--port_ctrl", "ctrl")):
+    for flag, port_name in (("--grpc_port", "grpc"), ("--http_port", "http"), ("--port_ctrl", "ctrl")):
         value = flag_value(argv, flag)
         if value is not None:
             found.append((port_name, int(value)))

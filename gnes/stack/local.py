@@ -258,7 +258,8 @@ class LocalStack:
         self.specs = [spec for spec in self.specs if spec.name not in names]
 
     def _launch(self, spec: ProcessSpec) -> ManagedProcess:
-        env = {**os.environ, **spec.env, "PYTHONUNBUFFERED": "1"}
+        # GNES_STACK_WORKDIR: a service's status overview (GET /status) finds the stack's processes through it.
+        env = {**os.environ, "GNES_STACK_WORKDIR": str(self.workdir.resolve()), **spec.env, "PYTHONUNBUFFERED": "1"}
         # The children must import the same gnes as this process, installed or not.
         package_root = str(Path(gnes.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
