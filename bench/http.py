@@ -14,8 +14,8 @@ sentences of 4 words or more), embedded with all-MiniLM-L6-v2.
   --warmup seconds unrecorded then --duration seconds recorded. Latency is per request.
   The baseline runs before the stack starts, never beside the load.
 
-    python bench/http.py [--concurrency 1,8,32] [--per_request 1] [--duration 10] [--warmup 2]
-                         [--settings 64:5,32:2,128:10] [--json]
+    python bench/http.py [--concurrency 1,8,32] [--per_request 1] [--duration 8] [--warmup 2]
+                         [--settings 64:5:4,64:10:2,128:20:1] [--json]
 
 --settings: max_batch_size:batch_wait_ms[:max_batches_in_flight] of the HTTP service (in flight
 4 where left out), each measured at every concurrency; 64:5:4 is the service's default.
@@ -231,9 +231,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated numbers of callers")
     parser.add_argument("--per_request", type=int, default=1, help="sentences per request")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured, per run")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds measured, per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before measuring")
-    parser.add_argument("--settings", default="64:5", help="max_batch_size:batch_wait_ms[:max_batches_in_flight],...")
+    parser.add_argument(
+        "--settings", default="64:5:4,64:10:2,128:20:1", help="max_batch_size:batch_wait_ms[:max_batches_in_flight],..."
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--drive", default="", help=argparse.SUPPRESS)  # the load-driver process
     args = parser.parse_args()
