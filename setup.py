@@ -46,6 +46,8 @@ test = [
     # tests/test_page.py drives Debian's chromium (scripts/setup.sh installs it) headless
     "selenium>=4.20",
     "httpx>=0.27",
+    # tests/test_http_fuzz.py: the OpenAPI schema fuzzed (the v4 API: schemathesis.openapi.from_url)
+    "schemathesis>=4.0",
 ]
 
 setup(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 
+from ..indexer.index_set import NO_SUCH_INDEX
 from ..proto import WireError, pb
 from ..service.validate import check_request
 from . import models as m
@@ -21,7 +22,8 @@ from .batcher import PipelineError, QueueFull
 if TYPE_CHECKING:
     from .service import HttpService
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": m.ErrorOut} for code in (404, 413, 422, 429, 502)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": m.ErrorOut} for code in (400, 404, 413, 429, 502)}
+_ERRORS[422] = {"model": m.InvalidOut}
 
 
 def _auth(kind: str) -> list[Any]:
@@ -189,5 +191,7 @@ async def _call(service: HttpService, request: pb.Request) -> pb.Response:
     response = await (await service.session.submit(request))
     kind = response.WhichOneof("body")
     if response.error or kind is None or getattr(response, kind).status == pb.Response.ERROR:
+        if NO_SUCH_INDEX in response.error:  # the caller named an index no shard has: not a failure
+            raise HTTPException(404, response.error)
         raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
     return response

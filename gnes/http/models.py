@@ -84,3 +84,9 @@ class SearchOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+class InvalidOut(BaseModel):
+    """422: the service's own reason (a string), or FastAPI's list of the fields that did not validate."""
+
+    detail: str | list[dict[str, Any]]

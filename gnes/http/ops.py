@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..metrics.deployment import collect, known_addresses, overview
 from ..metrics.readiness import probe_pipeline
@@ -32,14 +32,21 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="ready when a LIST round trip through the pipeline reaches every shard")
+@router.get(
+    "/readyz",
+    summary="ready when a LIST round trip through the pipeline reaches every shard",
+    responses={503: {"description": "not ready: the pipeline did not answer, or a shard is missing"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     probe = await probe_pipeline(request.app.state.session, READY_TIMEOUT_S)
     body = {"ready": probe.ready, "reason": probe.reason, "seconds": round(probe.seconds, 4)}
     return JSONResponse(body, status_code=200 if probe.ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(require_read)])
+# PlainTextResponse: the schema says text/plain (Prometheus' exposition format), not JSON.
+@router.get(
+    "/metrics", summary="Prometheus metrics", dependencies=[Depends(require_read)], response_class=PlainTextResponse
+)
 async def metrics(request: Request) -> Response:
     state = request.app.state
     state.metrics.set_queue_depth("pipeline", state.session.in_flight)

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from ..proto import pb
 from ..service.message import response_status
 from .auth import require_read
+from .models import ErrorOut
 
 router = APIRouter(tags=["page"])
 _PAGE = Path(__file__).with_name("static") / "search.html"
@@ -29,13 +30,20 @@ async def page() -> HTMLResponse:
     return HTMLResponse(_PAGE.read_text(encoding="utf-8"))
 
 
-@router.get("/ui/search", summary="the page's query: ranked documents", dependencies=[Depends(require_read)])
+@router.get(
+    "/ui/search",
+    summary="the page's query: ranked documents",
+    dependencies=[Depends(require_read)],
+    responses={503: {"model": ErrorOut, "description": "the pipeline could not answer"}},
+)
 async def ui_search(
     request: Request,
     q: str = Query(..., min_length=1, max_length=4096),
     top_k: int = Query(10, ge=1, le=100),
     index: str = Query("", max_length=200),
 ) -> dict[str, Any]:
+    if not q.strip():  # the encoder has nothing to encode: the caller's mistake, not the pipeline's
+        raise HTTPException(422, "the query is empty")
     query = pb.Request(request_id=int(time.monotonic_ns() & 0x7FFFFFFF))
     query.search.query.raw_text = q
     query.search.query.doc_type = pb.Document.TEXT

@@ -13,6 +13,9 @@ from typing import Any
 from .config import DEFAULT_INDEX, IndexConfig, check_index_name
 from .logical import CONFIG_FILE, LogicalIndex
 
+# The start of a shard's error for an unknown index: the HTTP service answers such requests 404.
+NO_SUCH_INDEX = "no index named"
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +40,7 @@ class IndexSet:
         index = self._indexes.get(name)
         if index is None:
             known = ", ".join(self.names()) or "none"
-            raise ValueError(f"no index named {name!r} on this shard (indexes: {known}); create it first")
+            raise ValueError(f"{NO_SUCH_INDEX} {name!r} on this shard (indexes: {known}); create it first")
         return index
 
     def create(self, name: str, config: IndexConfig, exist_ok: bool = False) -> bool:
