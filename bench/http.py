@@ -7,8 +7,10 @@ sentences of 4 words or more), embedded with all-MiniLM-L6-v2.
   same sentences in the same order, for --duration seconds after one warm-up batch; measured
   before the stack starts and again after it stops, and the ratios are to the mean of the two.
 - HTTP: compose/gnes-swarm.yml as local processes (MiniLM encoder, 1 shard; EMBED does not reach
-  the shards) plus the HTTP service: the stack's own `http` service where the stack file has one,
-  else `gnes http` started here on the stack's outgoing proxy (SUB) and income proxy (PUSH).
+  the shards) plus the HTTP service: for the first setting the stack's own `http` service (its
+  HTTP_MAX_BATCH, HTTP_BATCH_WAIT_MS, HTTP_BATCHES_IN_FLIGHT) where the stack file has one, else
+  and for the other settings `gnes http` started here on the stack's outgoing proxy (SUB) and
+  income proxy (PUSH), as the frontend is wired.
   The load comes from a second process (asyncio + httpx): C callers, each sending
   --per_request sentences per request, the next ones of the corpus, back to back, for
   --warmup seconds unrecorded then --duration seconds recorded. Latency is per request.
@@ -186,6 +188,10 @@ def run_http(args: argparse.Namespace, settings: list[tuple[int, float, int]], p
         INDEXER_REPLICAS="1",
         ENCODER_YAML_PATH=str(REPO / "yaml/encoder-minilm.yml"),
         INDEXER_YAML_PATH=str(REPO / "yaml/indexer-flat-ip.yml"),
+        # The first setting goes to the stack's own http service, where the stack file has one.
+        HTTP_MAX_BATCH=str(settings[0][0]),
+        HTTP_BATCH_WAIT_MS=f"{settings[0][1]:g}",
+        HTTP_BATCHES_IN_FLIGHT=str(settings[0][2]),
     )
     results = []
     with tempfile.TemporaryDirectory() as workdir:
@@ -193,8 +199,7 @@ def run_http(args: argparse.Namespace, settings: list[tuple[int, float, int]], p
         own_http = any(spec.service == "http" for spec in stack.specs)
         with stack:
             for n, (max_batch, wait_ms, in_flight) in enumerate(settings):
-                # The stack's own http service runs with its defaults (64 texts, 5 ms, 4 in flight).
-                use_stack = own_http and n == 0 and (max_batch, wait_ms, in_flight) == (64, 5.0, 4)
+                use_stack = own_http and n == 0
                 port = int(overrides["HTTP_PORT"]) if use_stack else find_free_ports(1)[0]
                 proc = None if use_stack else start_http(overrides, port, max_batch, wait_ms, in_flight)
                 url = f"http://127.0.0.1:{port}"
