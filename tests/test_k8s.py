@@ -76,6 +76,10 @@ def test_services_are_headless_except_the_published_entry_points_and_every_peer_
     assert sorted(services) == sorted(workloads)
     assert "clusterIP" not in services["frontend"]["spec"]
     assert "clusterIP" not in services["http"]["spec"]
+    for name in ("frontend", "http"):  # the status overview asks every Service's control port
+        peers = {item["name"]: item["value"] for item in container(workloads[name])["env"]}["GNES_STATUS_PEERS"]
+        where = dict(item.split("=") for item in peers.split(","))
+        assert sorted(where) == sorted(workloads) and all(w == f"{n}:5399" for n, w in where.items()), peers
     assert {"name": "http", "port": 8080} in services["http"]["spec"]["ports"]
     for name in ("indexer", "income-proxy", "middleman-proxy", "outgoing-proxy"):
         assert services[name]["spec"]["clusterIP"] == "None", name

@@ -39,6 +39,9 @@ _FIELD_REFS = {  # swarm templates with a per-pod value in Kubernetes
 }
 _LABEL = "app.kubernetes.io/component"
 _BOUND = {"--port_in": "--socket_in", "--port_out": "--socket_out"}  # a port is ours if its socket binds
+# Swarm's tasks.<service> (every replica's address) in $GNES_STATUS_PEERS is the Service's own name here:
+# a headless Service answers with every pod's address.
+_SWARM_TASKS = re.compile(r"(?<=[=,])tasks\.(?=[a-z0-9-]+:)")
 
 
 def k8s_manifests(
@@ -207,6 +210,8 @@ def _env(name: str, spec: Mapping[str, Any], stack_name: str) -> tuple[list[dict
             result.append({"name": key, "value": statics[value]})
         elif "{{" in value:
             raise StackError(f"services.{name}.environment.{key}: {value!r} has no Kubernetes equivalent")
+        elif key == "GNES_STATUS_PEERS":
+            result.append({"name": key, "value": _SWARM_TASKS.sub("", value)})
         else:
             result.append({"name": key, "value": value})
     return result, needs_slot
