@@ -20,7 +20,7 @@ import pytest
 
 from gnes.client import GnesClient, SearchHit
 from gnes.proto import gnes_pb2 as pb
-from gnes.stack.compose import find_free_port
+from gnes.stack.compose import find_free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 SWARM_SH = REPO / "scripts" / "swarm.sh"
@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.swarm, pytest.mark.timeout(900)]
 class Swarm:
     env: dict[str, str]
     grpc_port: int
+    http_port: int
 
     def docker(self, *args: str, timeout: float = 120) -> str:
         result = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -79,16 +80,17 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, every: float = 1
 def swarm(request: pytest.FixtureRequest) -> Iterator[Swarm]:
     if "swarm" not in (request.config.getoption("-m") or ""):
         pytest.skip("deploys to Docker Swarm: run with -m swarm (scripts/test.sh does)")
-    port = find_free_port()
+    port, http_port = find_free_ports(2)
     env = {
         **os.environ,
         "DOCKER_HOST": "unix://" + os.environ.get("GNES_DOCKER_RUN", "/run/gnes-docker") + "/docker.sock",
         "GNES_STACK_NAME": STACK,
         "GRPC_PORT": str(port),
+        "HTTP_PORT": str(http_port),
         "INDEXER_REPLICAS": "2",
         "SWARM_WAIT": "180",
     }
-    swarm = Swarm(env, port)
+    swarm = Swarm(env, port, http_port)
     try:
         started = time.monotonic()
         swarm.script("up")  # engine (if needed), image (cached), deploy, wait until healthy and answering
@@ -121,6 +123,7 @@ def test_swarm_index_scale_kill_recover(swarm: Swarm) -> None:
             hit = _top_hit(client, docs[doc_id])
             assert hit.text == docs[doc_id] and docs[hit.doc_id] == docs[doc_id], (doc_id, hit)
         assert _all_found(client, docs) == []
+        _http_search_finds(swarm, docs[57])
 
         # Scale out: the third shard joins the middleman's broadcast; queries now merge three answers.
         swarm.docker("service", "scale", "--detach", f"{STACK}_indexer=3")
@@ -227,3 +230,17 @@ def test_swarm_shards_killed_and_scaled_while_indexing(swarm: Swarm) -> None:
             assert _all_found(client, _corpus()) == []  # the corpus moved twice and is all there
     finally:
         writer.close()
+
+
+def _http_search_finds(swarm: Swarm, text: str) -> None:
+    """The HTTP service of the stack, through its published port: /readyz, /embed, /search."""
+    import httpx
+
+    base = f"http://127.0.0.1:{swarm.http_port}"
+    _wait("the HTTP service to be ready", lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 60)
+    embedded = httpx.post(f"{base}/embed", json={"sentences": [text]}, timeout=30)
+    assert embedded.status_code == 200, embedded.text
+    assert len(embedded.json()["embeddings"][0]) == 64  # the hash encoder of the swarm stack
+    found = httpx.post(f"{base}/search", json={"text": text, "top_k": 3}, timeout=30)
+    assert found.status_code == 200, found.text
+    assert found.json()["results"][0]["text"] == text, found.json()
