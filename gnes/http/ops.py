@@ -50,6 +50,9 @@ async def readyz(request: Request) -> JSONResponse:
 async def metrics(request: Request) -> Response:
     state = request.app.state
     state.metrics.set_queue_depth("pipeline", state.session.in_flight)
+    batcher = getattr(getattr(state, "service", None), "batcher", None)
+    if batcher is not None:  # texts held by the embedding queue (the 429 threshold is its capacity)
+        state.metrics.set_queue_depth("embed", batcher.held)
     stats = await admin(state.session, pb.Request.AdminRequest.STATS)
     if stats is not None:  # a scrape while the shards do not answer keeps the other series
         state.metrics.observe_shards(stats.get("shards", []))
