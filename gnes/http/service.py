@@ -152,7 +152,8 @@ class HttpService:
 
     def _run_thread(self, server: uvicorn.Server) -> None:
         try:
-            asyncio.run(server.serve())
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(server.serve())
         except BaseException as exc:
             self._fail(exc)
             self.log.exception("http service stopped on an error")
@@ -205,3 +206,13 @@ def _load_tokens(token_file: str) -> object | None:
     except ImportError:
         return None
     return TokenStore.from_sources(token_file or None)
+
+
+def _loop_factory():  # type: ignore[no-untyped-def]
+    """uvloop where it is installed (the http extra has it): its event loop costs less CPU per
+    request, and on 2 cores every cycle the HTTP side saves goes to the encoder."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
