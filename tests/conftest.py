@@ -230,13 +230,13 @@ class IndexWriter:
         return self
 
     def wait_for(self, more: int, timeout: float = 60.0) -> None:
-        """Until `more` further documents are acknowledged (or fail, naming the count)."""
+        """Until `more` further documents are acknowledged, or all of them (or fail, naming the count)."""
         import time
 
-        target, deadline = len(self.acked) + more, time.monotonic() + timeout
+        target, deadline = min(len(self.acked) + more, self.total), time.monotonic() + timeout
         while len(self.acked) < target and self.thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(self.acked) >= target, f"only {len(self.acked) - target + more} of {more} more were acknowledged"
+        assert len(self.acked) >= target, f"only {len(self.acked)} acknowledged, waiting for {target}"
 
     def finish(self, timeout: float = 240.0) -> None:
         self.thread.join(timeout)

@@ -181,7 +181,7 @@ def _settled(swarm: Swarm, shards: int) -> Callable[[], bool]:
 
 
 def test_swarm_shards_killed_and_scaled_while_indexing(swarm: Swarm) -> None:
-    """Kill -9 an indexer task 5 times at random moments while 40,000 documents are indexed, and
+    """Kill -9 an indexer task 5 times at random moments while 60,000 documents are indexed, and
     scale 2 -> 4 -> 2 meanwhile: every acknowledged document is found exactly once afterwards,
     the count equals the documents indexed, and no call waits past the hold bound."""
     import random
@@ -195,7 +195,8 @@ def test_swarm_shards_killed_and_scaled_while_indexing(swarm: Swarm) -> None:
     def text_of(i: int) -> str:
         return f"swarm document {i} on subject {i % 17} and tag {i % 5}"
 
-    writer = IndexWriter(swarm.grpc_port, text_of, total=40000, batch=200, first=first)
+    total = 60000  # enough that the writer is still busy when the shards scale back in
+    writer = IndexWriter(swarm.grpc_port, text_of, total=total, batch=200, first=first)
     rng = random.Random(5)
     try:
         writer.start()
@@ -210,6 +211,7 @@ def test_swarm_shards_killed_and_scaled_while_indexing(swarm: Swarm) -> None:
                 swarm.docker("service", "scale", "--detach", f"{STACK}_indexer=4")
                 _wait("4 shards in the placement", _settled(swarm, 4), 180)
         writer.wait_for(1000, timeout=120)
+        print(f"swarm: scaling in with {len(writer.acked)} of {total} documents acknowledged")
         swarm.docker("service", "scale", "--detach", f"{STACK}_indexer=2")  # two shards hand over and go
         _wait("2 shards in the placement", _settled(swarm, 2), 300)
         writer.finish(timeout=300)
@@ -218,12 +220,12 @@ def test_swarm_shards_killed_and_scaled_while_indexing(swarm: Swarm) -> None:
         with GnesClient("127.0.0.1", swarm.grpc_port, timeout=60) as client:
             _wait("every shard answers", lambda: _shards_answering(client) == 2, 120)
             stats = client.admin(pb.Request.AdminRequest.STATS)
-            assert sum(s["count"] for s in stats["shards"]) == 300 + 40000
+            assert sum(s["count"] for s in stats["shards"]) == 300 + total
             request = pb.Request()
             request.admin.command = pb.Request.AdminRequest.GET_DOCS
             request.admin.doc_ids.extend(writer.acked)
             stored = [d.doc_id for d in client.call(request).admin.docs]
-            assert len(stored) == len(set(stored)) == len(writer.acked) == 40000
+            assert len(stored) == len(set(stored)) == len(writer.acked) == total
             for doc_id in rng.sample(writer.acked, 40):
                 hits = client.query(text_of(doc_id), top_k=5)
                 assert hits[0].doc_id == doc_id and len({h.doc_id for h in hits}) == len(hits)
