@@ -245,3 +245,50 @@ class IndexWriter:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(60)
+
+
+class StandInSockets:
+    """The two ends of a pipeline on real sockets, for a service under test (its --port_out
+    PUSHes into `pull`; it SUBscribes to `pub` at its --port_in): tests answer by hand."""
+
+    def __init__(self) -> None:
+        import zmq
+
+        self.port_in, self.port_out = free_ports(2)  # the service's port_out, its port_in
+        self.ctx = zmq.Context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.bind(f"tcp://127.0.0.1:{self.port_in}")
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.bind(f"tcp://127.0.0.1:{self.port_out}")
+        for sock in (self.pull, self.pub):
+            sock.setsockopt(zmq.LINGER, 0)
+
+    def reply(self, env, response) -> None:  # type: ignore[no-untyped-def]
+        """Send `response` back as the answer to the request of envelope `env`."""
+        env.is_response = True
+        self.pub.send_multipart([env.client_id.encode(), env.SerializeToString(), response.SerializeToString()])
+
+    def close(self) -> None:
+        self.pull.close()
+        self.pub.close()
+        self.ctx.term()
+
+
+def gone(pid: int) -> bool:
+    """The process no longer runs (a zombie waiting for a reaper that may never come counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
+    """Until `predicate()` holds; an AssertionError naming `what` after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(every)

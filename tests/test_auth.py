@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from pathlib import Path
 
 import grpc
@@ -122,25 +123,25 @@ def test_grpc_tokens(guarded: int, caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_grpc_health_is_open_and_follows_the_pipeline(guarded: int, hash_pipeline) -> None:  # type: ignore[no-untyped-def]
-    import time
 
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{guarded}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 15
-        status = None
-        while time.monotonic() < deadline:
-            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                break
-            time.sleep(0.1)
-        assert status == health_pb2.HealthCheckResponse.SERVING
+        _wait_health(stub, "", health_pb2.HealthCheckResponse.SERVING, 15)
         hash_pipeline.shard(0).stop()  # a shard gone: the pipeline's LIST answer is an error
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            status = stub.Check(health_pb2.HealthCheckRequest(service="gnes.GnesRPC"), timeout=5).status
-            if status == health_pb2.HealthCheckResponse.NOT_SERVING:
-                break
-            time.sleep(0.2)
-        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        _wait_health(stub, "gnes.GnesRPC", health_pb2.HealthCheckResponse.NOT_SERVING, 30)
+
+
+def _wait_health(stub, service: str, want: int, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    """Until the frontend's gRPC health service reports `want` for `service`."""
+    from grpc_health.v1 import health_pb2
+
+    status = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+        if status == want:
+            return
+        time.sleep(0.1)
+    assert status == want, f"health of {service!r} stayed {status}, not {want}"

@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-import zmq
-from conftest import REPO, InProcessPipeline, free_ports
+from conftest import REPO, InProcessPipeline, StandInSockets, free_ports
 
 from gnes.config import load_component
 from gnes.encoder.base import BaseEncoder
@@ -160,19 +159,12 @@ def test_callers_are_batched_into_fewer_embed_requests(http, hash_encoder) -> No
     assert sent < 16, f"32 callers took {sent} EMBED requests"
 
 
-class HeldPipeline:
+class HeldPipeline(StandInSockets):
     """A pipeline stand-in on real sockets that answers EMBED requests only when told, so the
     HTTP service's queue can be filled deterministically."""
 
     def __init__(self) -> None:
-        self.port_in, self.port_out = free_ports(2)  # the service's port_out, its port_in
-        self.ctx = zmq.Context()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.bind(f"tcp://127.0.0.1:{self.port_in}")
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.bind(f"tcp://127.0.0.1:{self.port_out}")
-        for sock in (self.pull, self.pub):
-            sock.setsockopt(zmq.LINGER, 0)
+        super().__init__()
         self.seen: list[list[str]] = []
 
     def take(self, timeout: float = 5.0) -> tuple[pb.Envelope, pb.Request]:
@@ -185,13 +177,7 @@ class HeldPipeline:
     def answer(self, env: pb.Envelope, request: pb.Request, dim: int = 4) -> None:
         response = pb.Response(request_id=request.request_id)
         array_to_nd(np.ones((len(request.embed.docs), dim), np.float32), response.embed.embeddings)
-        env.is_response = True
-        self.pub.send_multipart([env.client_id.encode(), env.SerializeToString(), response.SerializeToString()])
-
-    def close(self) -> None:
-        self.pull.close()
-        self.pub.close()
-        self.ctx.term()
+        self.reply(env, response)
 
 
 def test_a_full_queue_answers_429_at_once_and_a_caller_that_goes_gives_up_its_place() -> None:

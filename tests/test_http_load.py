@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import zmq
-from conftest import REPO, free_ports
+from conftest import REPO, StandInSockets, free_ports
 
 from gnes.proto import array_to_nd, pb
 from gnes.service.message import parse_frames
@@ -31,22 +30,18 @@ DELAY_S = 0.05  # the stand-in encoder's time per batch
 ROUNDS, PER_ROUND = 3, 3000
 
 
-class SlowPipeline(threading.Thread):
+class SlowPipeline(StandInSockets):
     """A pipeline stand-in on real sockets that answers every EMBED request DELAY_S after it
     arrives (one thread owns both sockets: ZeroMQ sockets are not thread-safe)."""
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.port_in, self.port_out = free_ports(2)  # the service's port_out, its port_in
-        self.ctx = zmq.Context()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.bind(f"tcp://127.0.0.1:{self.port_in}")
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.bind(f"tcp://127.0.0.1:{self.port_out}")
-        for sock in (self.pull, self.pub):
-            sock.setsockopt(zmq.LINGER, 0)
+        super().__init__()
         self.stopping = threading.Event()
         self.texts = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
 
     def run(self) -> None:
         due: list[tuple[float, int, pb.Envelope, pb.Request]] = []
@@ -68,15 +63,12 @@ class SlowPipeline(threading.Thread):
             array_to_nd(np.ones((len(request.embed.docs), 4), np.float32), response.embed.embeddings)
         else:
             response.admin.info_json = "{}"
-        env.is_response = True
-        self.pub.send_multipart([env.client_id.encode(), env.SerializeToString(), response.SerializeToString()])
+        self.reply(env, response)
 
     def close(self) -> None:
         self.stopping.set()
-        self.join(5)
-        self.pull.close()
-        self.pub.close()
-        self.ctx.term()
+        self.thread.join(5)
+        super().close()
 
 
 @pytest.fixture

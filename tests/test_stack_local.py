@@ -10,10 +10,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from conftest import gone, wait_for  # noqa: I001 (the tests folder is on sys.path)
 
 from gnes.cli import healthcheck
 from gnes.client import GnesClient
@@ -78,23 +78,6 @@ HASH_YAMLS = {
     "INDEXER_YAML_PATH": str(REPO / "yaml/indexer-hash.yml"),
 }
 TEXTS = [f"document number {i} about topic {i % 7}" for i in range(30)]
-
-
-def gone(pid: int) -> bool:
-    """The process no longer runs (a zombie nobody reaps counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.1)
 
 
 def index_and_find(grpc_port: int, texts: list[str] = TEXTS) -> None:

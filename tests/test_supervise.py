@@ -12,29 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import gone, wait_for  # noqa: I001 (the tests folder is on sys.path)
 
 from gnes.supervise import LaunchSpec, ProcessExitedError, RestartPolicy, Supervisor, parse_duration
 
 pytestmark = pytest.mark.timeout(60)
 
 PY = sys.executable
-
-
-def gone(pid: int) -> bool:
-    """The process no longer runs (a zombie waiting for a reaper that may never come counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -24,17 +24,16 @@ import zmq
 from ..proto import pb
 from ..service.message import Packet
 from . import link
-from .peers import Peers, router_socket, send_to
+from .peers import Peers, receive_from_peers, router_socket, send_to
 
 log = logging.getLogger("gnes.dispatch")
-PartKey = tuple[str, int, tuple[int, ...]]
 
 
 @dataclass
 class _Worker:
     name: str
     leaving: bool = False
-    in_flight: OrderedDict[PartKey, Packet] = field(default_factory=OrderedDict)
+    in_flight: OrderedDict[link.PartKey, Packet] = field(default_factory=OrderedDict)
 
 
 class WorkDispatcher:
@@ -84,21 +83,11 @@ class WorkDispatcher:
         return best
 
     def on_readable(self, sock: zmq.Socket) -> None:
-        for _ in range(1024):
-            try:
-                raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            if len(raw) < 3:
-                continue
-            name, kind, body = raw[0].bytes.decode(errors="replace"), raw[1].bytes, raw[2].bytes
-            try:
-                self._on_message(name, kind, body, raw[0])
-            except Exception as exc:  # one bad frame must not stop the proxy
-                log.warning("bad %r message from worker %s: %s", kind, name, exc)
+        receive_from_peers(sock, self._on_message, log)
         self.pump()
 
-    def _on_message(self, name: str, kind: bytes, body: bytes, frame: zmq.Frame) -> None:
+    def _on_message(self, name: str, kind: bytes, frames: list[bytes], frame: zmq.Frame) -> None:
+        body = frames[0]
         hello = link.unpack(body) if kind == link.HELLO else None
         appeared, restarted = self.peers.heard(name, frame, hello)
         worker = self.workers.get(name)

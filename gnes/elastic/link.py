@@ -45,8 +45,17 @@ def unpack(frame: bytes) -> dict[str, Any]:
     return value
 
 
-def part_key(
-    client_id: str, request_id: int, part_ids: list[int] | tuple[int, ...]
-) -> tuple[str, int, tuple[int, ...]]:
+PartKey = tuple[str, int, tuple[int, ...]]
+
+
+def part_key(client_id: str, request_id: int, part_ids: list[int] | tuple[int, ...]) -> PartKey:
     """What identifies one part of one request across the whole pipeline."""
     return client_id, request_id, tuple(part_ids)
+
+
+def ack_frames(env) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """The ACK of one answered request part: only what identifies the part travels back."""
+    from ..proto import pb
+
+    ack = pb.Envelope(client_id=env.client_id, request_id=env.request_id, part_ids=env.part_ids)
+    return [ACK, ack.SerializeToString()]

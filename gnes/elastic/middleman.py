@@ -25,14 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from ..proto import array_to_nd, nd_to_array, pb
+from ..proto import WireError, array_to_nd, nd_to_array, pb
 from ..service.message import BodyType, Packet, as_error, error_response, stamp_route
 from ..service.proxy import ProxyService
 from . import link
 from .membership import Membership
-from .peers import Peer, Peers, router_socket, send_to
-
-PartKey = tuple[str, int, tuple[int, ...]]
+from .peers import Peer, Peers, receive_from_peers, router_socket, send_to
 
 
 @dataclass
@@ -49,8 +47,8 @@ class _Shard:
     epoch: int = 0
     members: tuple[str, ...] = ()
     left: bool = False  # left by handover: not a joiner again until it restarts
-    writes: OrderedDict[PartKey, _Part] = field(default_factory=OrderedDict)
-    queries: dict[PartKey, pb.Envelope] = field(default_factory=dict)
+    writes: OrderedDict[link.PartKey, _Part] = field(default_factory=OrderedDict)
+    queries: dict[link.PartKey, pb.Envelope] = field(default_factory=dict)
 
     @property
     def live(self) -> bool:
@@ -96,22 +94,13 @@ class ShardProxyService(Membership, ProxyService):
 
     # ---- what shards say ---------------------------------------------------------------
     def _on_shards(self, sock: zmq.Socket) -> None:
-        for _ in range(1024):
-            try:
-                raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            if len(raw) < 3:
-                continue
-            name, kind, rest = raw[0].bytes.decode(errors="replace"), raw[1].bytes, [f.bytes for f in raw[2:]]
-            try:
-                hello = link.unpack(rest[0]) if kind == link.HELLO else None
-                self._shard(name)
-                appeared, restarted = self.peers.heard(name, raw[0], hello)
-                self._on_shard_message(self.shards[name], kind, rest, hello, (appeared, restarted))
-            except Exception as exc:  # a bad frame from one shard must not stop the middleman
-                self.errors += 1
-                self.log.warning("bad %r message from shard %s: %s", kind, name, exc)
+        self.errors += receive_from_peers(sock, self._on_peer_message, self.log)
+
+    def _on_peer_message(self, name: str, kind: bytes, rest: list[bytes], frame: zmq.Frame) -> None:
+        hello = link.unpack(rest[0]) if kind == link.HELLO else None
+        shard = self._shard(name)
+        seen = self.peers.heard(name, frame, hello)
+        self._on_shard_message(shard, kind, rest, hello, seen)
 
     def _on_shard_message(
         self, shard: _Shard, kind: bytes, rest: list[bytes], hello: dict | None, seen: tuple[bool, bool]
@@ -148,11 +137,11 @@ class ShardProxyService(Membership, ProxyService):
             self._granted.discard(shard.id)
         shard.epoch = int(info.get("epoch", 0))
         shard.members = tuple(info.get("members", ()))
+        now = time.monotonic()
         if self._first_hello is None:
-            self._first_hello = time.monotonic()
+            self._first_hello = now
         if appeared:
-            self._last_arrival = time.monotonic()
-        if appeared:
+            self._last_arrival = now
             self.log.info("shard %s is up (%d unacknowledged writes to send again)", shard.id, len(shard.writes))
             for part in list(shard.writes.values()):
                 if not self._to_shard(shard, [link.REQ, part.env.SerializeToString(), part.body]):
@@ -247,13 +236,11 @@ class ShardProxyService(Membership, ProxyService):
             env.part_id = i
             shard = self.shards.get(member)
             sent = shard is not None and shard.live
+            copy = pb.Envelope()  # env is reused for the next shard: each part keeps its own
+            copy.CopyFrom(env)
             if sent and self._to_shard(shard, [link.REQ, env.SerializeToString(), packet.body]):
-                copy = pb.Envelope()
-                copy.CopyFrom(env)
                 shard.queries[link.part_key(env.client_id, env.request_id, env.part_ids)] = copy
             else:
-                copy = pb.Envelope()
-                copy.CopyFrom(env)
                 self._answer_missing(copy, member)
 
     def _answer_missing(self, env: pb.Envelope, member: str) -> None:
@@ -331,7 +318,7 @@ _DATA_COMMANDS = frozenset(
 def _changes_data(packet: Packet) -> bool:
     try:
         return packet.request().admin.command in _DATA_COMMANDS
-    except Exception:  # unreadable: the shards answer it with the reason
+    except WireError:  # unreadable: the shards answer it with the reason
         return False
 
 

@@ -8,6 +8,7 @@ comes back under the same name, or a new process under an old name, is reported 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -81,6 +82,30 @@ class Peers:
     def live(self, name: str) -> bool:
         peer = self.table.get(name)
         return peer is not None and peer.live
+
+
+def receive_from_peers(
+    sock: zmq.Socket, handle: Callable[[str, bytes, list[bytes], zmq.Frame], None], log: logging.Logger
+) -> int:
+    """Take what peers sent on a ROUTER ([name, kind, frames...]) and hand each message to
+    `handle(name, kind, frames, name_frame)`; returns how many failed. A message that cannot be
+    handled is logged with its traceback and skipped: one peer's bad frame must not stop the
+    service, and a bug must not hide as a one-line warning."""
+    failed = 0
+    for _ in range(1024):
+        try:
+            raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            break
+        if len(raw) < 3:
+            continue
+        name, kind = raw[0].bytes.decode(errors="replace"), raw[1].bytes
+        try:
+            handle(name, kind, [frame.bytes for frame in raw[2:]], raw[0])
+        except Exception:
+            failed += 1
+            log.exception("could not handle a %r message from %s", kind, name)
+    return failed
 
 
 def router_socket(ctx: zmq.Context, host: str, port: int, hwm: int) -> zmq.Socket:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,8 +59,10 @@ class ShardLink:
         data_dir: Path | None,
         on_requests: Callable[[list[Packet]], None],
         on_exit: Callable[[str], None],
+        leave_timeout: float = 300.0,
     ) -> None:
         self.shard_id = shard_id
+        self.leave_timeout = leave_timeout
         self.incarnation = uuid.uuid4().hex[:12]
         self._indexes = indexes
         self._ring_path = data_dir / RING_FILE if data_dir is not None else None
@@ -70,7 +73,7 @@ class ShardLink:
         self._out = Outbox()
         self._next_hello = 0.0
         self._dirty = False  # holds documents it may not own: took a move, or handed some over
-        self._stream: Iterator[tuple[str, pb.Request]] | None = None
+        self._stream: Iterator[tuple[str, str, pb.Request]] | None = None
         self._stream_epoch = 0
         self._in_flight: set[int] = set()
         self._seq = 0
@@ -121,9 +124,7 @@ class ShardLink:
     def _answer(self, packets: list[Packet]) -> None:
         self._on_requests(packets)
         for packet in packets:
-            env = packet.envelope
-            ack = pb.Envelope(client_id=env.client_id, request_id=env.request_id, part_ids=env.part_ids)
-            self._out.append([link.ACK, ack.SerializeToString()])
+            self._out.append(link.ack_frames(packet.envelope))
 
     def _on_control(self, kind: bytes, rest: list[bytes]) -> None:
         if kind == link.RING:
@@ -137,7 +138,9 @@ class ShardLink:
         elif kind == link.MOVED:
             self._in_flight.discard(int(link.unpack(rest[0])["seq"]))
         elif kind == link.GRANTED:
-            self._leave_deadline = float("inf")  # the move decides when this shard may go
+            # The move decides when this shard may go, within --leave_timeout (then it stops
+            # with its documents kept: the middleman sees it go and abandons the move).
+            self._leave_deadline = time.monotonic() + self.leave_timeout
         elif kind in (link.BYE, link.STAY):
             reason = link.unpack(rest[0]).get("reason", "")
             self._on_exit(f"{kind.decode().lower()}: {reason}")
@@ -178,10 +181,12 @@ class ShardLink:
         self._in_flight.clear()
         self._dirty = True
 
-    def _batches(self, target: Placement) -> Iterator[tuple[str, pb.Request]]:
+    def _batches(self, target: Placement) -> Iterator[tuple[str, str, pb.Request]]:
+        """(new owner, the index's configuration, a batch of its documents) for all that moves."""
         indexes = self._indexes()
         for name in indexes.names():
             index = indexes.get(name)
+            config = index.config.to_json()
             ids = index.store.ids()
             for member, rows in target.split(ids).items():
                 if member == self.shard_id:
@@ -190,7 +195,7 @@ class ShardLink:
                     chunk = ids[rows[start : start + _MOVE_BATCH]]
                     request = _move_request(index, name, chunk)
                     if request is not None:
-                        yield member, request
+                        yield member, config, request
 
     def pump(self) -> None:
         """Send the next handover batches, a window at a time; say DONE when all were taken."""
@@ -199,11 +204,9 @@ class ShardLink:
             if item is None:
                 self._stream = None
                 break
-            member, request = item
+            member, config, request = item
             self._seq += 1
             self._in_flight.add(self._seq)
-            indexes = self._indexes()
-            config = indexes.get(request.index.index_name).config.to_json()
             info = {"target": member, "source": self.shard_id, "seq": self._seq, "config": config}
             self.moved_out += len(request.index.docs)
             self.send([link.MOVE, link.pack(info), request.SerializeToString()])

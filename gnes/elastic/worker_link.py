@@ -7,7 +7,6 @@ import uuid
 
 import zmq
 
-from ..proto import pb
 from ..service.message import Packet
 from . import link
 from .peers import Outbox, dealer_socket
@@ -40,9 +39,7 @@ class WorkerLink:
         if self.leave_deadline is not None:
             self.leave_deadline = now + _LEAVE_WAIT_S  # still busy with what it held
         for packet in packets:
-            env = packet.envelope
-            ack = pb.Envelope(client_id=env.client_id, request_id=env.request_id, part_ids=env.part_ids)
-            self._send([link.ACK, ack.SerializeToString()])
+            self._send(link.ack_frames(packet.envelope))
 
     def on_control(self, frames: list[bytes]) -> None:
         """A frame that is not work: BYE lets this worker go."""

@@ -62,6 +62,7 @@ class EmbedBatcher:
         self.refused = 0
         self.cancelled = 0
         self._queue: deque[_Item] = deque()
+        self._queued_texts = 0  # kept with the queue: the gathering loop reads it on every wake-up
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._task: asyncio.Task[None] | None = None
@@ -77,6 +78,7 @@ class EmbedBatcher:
             raise QueueFull(self.held, self.capacity)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(texts, future))
+        self._queued_texts += len(texts)
         self.held += len(texts)
         self._arrived.set()
         return future
@@ -86,6 +88,7 @@ class EmbedBatcher:
         for item in self._queue:
             if item.future is future:
                 self._queue.remove(item)
+                self._queued_texts -= len(item.texts)
                 self.held -= len(item.texts)
                 self.cancelled += 1
                 break
@@ -93,7 +96,7 @@ class EmbedBatcher:
 
     @property
     def queued(self) -> int:
-        return sum(len(item.texts) for item in self._queue)
+        return self._queued_texts
 
     # ---- the loop ----------------------------------------------------------------------
     def start(self) -> None:
@@ -108,6 +111,7 @@ class EmbedBatcher:
             if not item.future.done():
                 item.future.set_exception(PipelineError("the service is stopping"))
         self._queue.clear()
+        self._queued_texts = 0
 
     async def _run(self) -> None:
         while True:
@@ -139,6 +143,7 @@ class EmbedBatcher:
         # The first item always goes, even beyond max_batch: the map proxy splits it further.
         while self._queue and (not batch or size + len(self._queue[0].texts) <= self.max_batch):
             item = self._queue.popleft()
+            self._queued_texts -= len(item.texts)
             batch.append(item)
             size += len(item.texts)
         return batch

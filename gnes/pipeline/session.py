@@ -38,7 +38,6 @@ class PipelineSession:
         self.client_id = client_id
         self.log = log or logging.getLogger(f"gnes.session.{client_id}")
         self.reducer = Reducer(config.reduce_timeout, config.index_timeout, config.max_pending)
-        self.submitted = 0
         self._next_id = 0
         self._waiting: dict[int, tuple[asyncio.Future[pb.Response], int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,7 +109,6 @@ class PipelineSession:
         env.num_part.append(1)
         env.part_ids.append(0)
         self._waiting[internal_id] = (future, caller_id)
-        self.submitted += 1
         # A full pipeline makes this wait, which stops reading from callers: the backpressure.
         await self._out.send_multipart([env.SerializeToString(), request.SerializeToString()])
         if timeout_s is None:

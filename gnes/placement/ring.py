@@ -80,12 +80,6 @@ class Placement:
             out[self.members[position]] = np.flatnonzero(owners == position)
         return out
 
-    def slots_of(self, member: str) -> np.ndarray:
-        """The slots `member` owns (empty if it is not a member)."""
-        if member not in self.members:
-            return np.zeros(0, dtype=np.int64)
-        return np.flatnonzero(self.table == self.members.index(member))
-
     def moved_fraction(self, other: Placement) -> float:
         """The share of slots whose owner differs between two placements."""
         mine = np.asarray(self.members, dtype=object)[self.table]

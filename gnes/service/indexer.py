@@ -65,7 +65,14 @@ class IndexerService(BaseService):
         if cfg.port_broadcast:
             data_dir = Path(cfg.dump_path) if cfg.dump_path else None
             shard_id = resolve_shard_id(cfg.shard_id, cfg.dump_path)
-            self.link = ShardLink(shard_id, lambda: self.indexes, data_dir, self._on_link_requests, self._on_link_exit)
+            self.link = ShardLink(
+                shard_id,
+                lambda: self.indexes,
+                data_dir,
+                self._on_link_requests,
+                self._on_link_exit,
+                leave_timeout=cfg.leave_timeout,
+            )
             self.watch(self.link.open(ctx, cfg.host_broadcast, cfg.port_broadcast, cfg.hwm), self.link.on_readable)
             self.link.hello()
             self.log.info("shard %s linked to the middleman at %s:%d", shard_id, cfg.host_broadcast, cfg.port_broadcast)
