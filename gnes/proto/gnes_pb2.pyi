@@ -41,7 +41,7 @@ class Chunk(_message.Message):
     def __init__(self, doc_id: _Optional[int] = ..., text: _Optional[str] = ..., blob: _Optional[_Union[NdArray, _Mapping]] = ..., raw: _Optional[bytes] = ..., offset: _Optional[int] = ..., offset_nd: _Optional[_Iterable[int]] = ..., weight: _Optional[float] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ...) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("doc_id", "chunks", "doc_type", "meta_info", "raw_text", "raw_image", "raw_video", "raw_bytes", "weight", "embedding", "meta_json")
+    __slots__ = ("doc_id", "chunks", "doc_type", "meta_info", "raw_text", "raw_image", "raw_video", "raw_bytes", "weight", "embedding", "meta_json", "instruction")
     class DocType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNKNOWN: _ClassVar[Document.DocType]
@@ -65,6 +65,7 @@ class Document(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     META_JSON_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     doc_id: int
     chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
     doc_type: Document.DocType
@@ -76,10 +77,11 @@ class Document(_message.Message):
     weight: float
     embedding: NdArray
     meta_json: str
-    def __init__(self, doc_id: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., doc_type: _Optional[_Union[Document.DocType, str]] = ..., meta_info: _Optional[bytes] = ..., raw_text: _Optional[str] = ..., raw_image: _Optional[_Union[NdArray, _Mapping]] = ..., raw_video: _Optional[_Union[NdArray, _Mapping]] = ..., raw_bytes: _Optional[bytes] = ..., weight: _Optional[float] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ..., meta_json: _Optional[str] = ...) -> None: ...
+    instruction: str
+    def __init__(self, doc_id: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., doc_type: _Optional[_Union[Document.DocType, str]] = ..., meta_info: _Optional[bytes] = ..., raw_text: _Optional[str] = ..., raw_image: _Optional[_Union[NdArray, _Mapping]] = ..., raw_video: _Optional[_Union[NdArray, _Mapping]] = ..., raw_bytes: _Optional[bytes] = ..., weight: _Optional[float] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ..., meta_json: _Optional[str] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("client_id", "request_id", "part_id", "num_part", "timeout", "routes", "gnes_version", "proto_version", "vcs_version", "part_ids", "body_type", "is_response")
+    __slots__ = ("client_id", "request_id", "part_id", "num_part", "timeout", "routes", "gnes_version", "proto_version", "vcs_version", "part_ids", "body_type", "is_response", "model_name")
     class BodyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNSET: _ClassVar[Envelope.BodyType]
@@ -123,6 +125,7 @@ class Envelope(_message.Message):
     PART_IDS_FIELD_NUMBER: _ClassVar[int]
     BODY_TYPE_FIELD_NUMBER: _ClassVar[int]
     IS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     request_id: int
     part_id: int
@@ -135,7 +138,8 @@ class Envelope(_message.Message):
     part_ids: _containers.RepeatedScalarFieldContainer[int]
     body_type: Envelope.BodyType
     is_response: bool
-    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., part_id: _Optional[int] = ..., num_part: _Optional[_Iterable[int]] = ..., timeout: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Envelope.route, _Mapping]]] = ..., gnes_version: _Optional[str] = ..., proto_version: _Optional[str] = ..., vcs_version: _Optional[str] = ..., part_ids: _Optional[_Iterable[int]] = ..., body_type: _Optional[_Union[Envelope.BodyType, str]] = ..., is_response: _Optional[bool] = ...) -> None: ...
+    model_name: str
+    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., part_id: _Optional[int] = ..., num_part: _Optional[_Iterable[int]] = ..., timeout: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Envelope.route, _Mapping]]] = ..., gnes_version: _Optional[str] = ..., proto_version: _Optional[str] = ..., vcs_version: _Optional[str] = ..., part_ids: _Optional[_Iterable[int]] = ..., body_type: _Optional[_Union[Envelope.BodyType, str]] = ..., is_response: _Optional[bool] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("envelope", "request", "response")
@@ -148,7 +152,7 @@ class Message(_message.Message):
     def __init__(self, envelope: _Optional[_Union[Envelope, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., response: _Optional[_Union[Response, _Mapping]] = ...) -> None: ...
 
 class Request(_message.Message):
-    __slots__ = ("request_id", "train", "index", "search", "control", "admin", "embed")
+    __slots__ = ("request_id", "train", "index", "search", "control", "admin", "embed", "model_name")
     class EmbedRequest(_message.Message):
         __slots__ = ("docs", "embeddings")
         DOCS_FIELD_NUMBER: _ClassVar[int]
@@ -250,6 +254,7 @@ class Request(_message.Message):
     CONTROL_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
     EMBED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     train: Request.TrainRequest
     index: Request.IndexRequest
@@ -257,7 +262,8 @@ class Request(_message.Message):
     control: Request.ControlRequest
     admin: Request.AdminRequest
     embed: Request.EmbedRequest
-    def __init__(self, request_id: _Optional[int] = ..., train: _Optional[_Union[Request.TrainRequest, _Mapping]] = ..., index: _Optional[_Union[Request.IndexRequest, _Mapping]] = ..., search: _Optional[_Union[Request.QueryRequest, _Mapping]] = ..., control: _Optional[_Union[Request.ControlRequest, _Mapping]] = ..., admin: _Optional[_Union[Request.AdminRequest, _Mapping]] = ..., embed: _Optional[_Union[Request.EmbedRequest, _Mapping]] = ...) -> None: ...
+    model_name: str
+    def __init__(self, request_id: _Optional[int] = ..., train: _Optional[_Union[Request.TrainRequest, _Mapping]] = ..., index: _Optional[_Union[Request.IndexRequest, _Mapping]] = ..., search: _Optional[_Union[Request.QueryRequest, _Mapping]] = ..., control: _Optional[_Union[Request.ControlRequest, _Mapping]] = ..., admin: _Optional[_Union[Request.AdminRequest, _Mapping]] = ..., embed: _Optional[_Union[Request.EmbedRequest, _Mapping]] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class Response(_message.Message):
     __slots__ = ("request_id", "train", "index", "search", "control", "admin", "embed", "error")
