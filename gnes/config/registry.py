@@ -10,6 +10,7 @@ from __future__ import annotations
 COMPONENT_CLASSES: dict[str, str] = {
     "SentenceTransformerEncoder": "gnes.encoder.text:SentenceTransformerEncoder",
     "HashEncoder": "gnes.encoder.hash:HashEncoder",
+    "ImageEncoder": "gnes.encoder.image:ImageEncoder",
     "IndexConfig": "gnes.indexer.config:IndexConfig",
     # the name of the original GNES's faiss indexer tag
     "FaissIndexer": "gnes.indexer.config:IndexConfig",
