@@ -181,7 +181,7 @@ class Request(_message.Message):
         index_name: str
         def __init__(self, docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ...) -> None: ...
     class QueryRequest(_message.Message):
-        __slots__ = ("query", "top_k", "embedding", "index_name", "nprobe", "ef_search", "filter_field", "filter_value_json", "return_embeddings")
+        __slots__ = ("query", "top_k", "embedding", "index_name", "nprobe", "ef_search", "filter_field", "filter_value_json", "return_embeddings", "chunk_reduce")
         QUERY_FIELD_NUMBER: _ClassVar[int]
         TOP_K_FIELD_NUMBER: _ClassVar[int]
         EMBEDDING_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class Request(_message.Message):
         FILTER_FIELD_FIELD_NUMBER: _ClassVar[int]
         FILTER_VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
         RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+        CHUNK_REDUCE_FIELD_NUMBER: _ClassVar[int]
         query: Document
         top_k: int
         embedding: NdArray
@@ -200,7 +201,8 @@ class Request(_message.Message):
         filter_field: str
         filter_value_json: str
         return_embeddings: bool
-        def __init__(self, query: _Optional[_Union[Document, _Mapping]] = ..., top_k: _Optional[int] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., filter_field: _Optional[str] = ..., filter_value_json: _Optional[str] = ..., return_embeddings: _Optional[bool] = ...) -> None: ...
+        chunk_reduce: str
+        def __init__(self, query: _Optional[_Union[Document, _Mapping]] = ..., top_k: _Optional[int] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., filter_field: _Optional[str] = ..., filter_value_json: _Optional[str] = ..., return_embeddings: _Optional[bool] = ..., chunk_reduce: _Optional[str] = ...) -> None: ...
     class ControlRequest(_message.Message):
         __slots__ = ("command",)
         class Command(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
