@@ -29,13 +29,15 @@ cluster = ["submitit>=1.5"]
 # Prometheus /metrics of the HTTP service (gnes/metrics/prom.py)
 metrics = ["prometheus-client>=0.20"]
 # `gnes http`: the ASGI service (gnes/http) with its /metrics; httpx is its tests' and bench's client
-# uvloop and httptools: uvicorn's faster event loop and HTTP parser (less CPU per request)
+# uvloop and httptools: uvicorn's faster event loop and HTTP parser (less CPU per request);
+# orjson: embedding answers written straight from numpy (gnes/http/vectors_json.py)
 # python-multipart: the image upload form (gnes/http/images.py)
 http = [
     "fastapi>=0.110",
     "uvicorn>=0.29",
     "uvloop>=0.19",
     "httptools>=0.6",
+    "orjson>=3.9",
     "httpx>=0.27",
     "python-multipart>=0.0.9",
     *metrics,

@@ -36,6 +36,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
+import json as _json  # noqa: E402 (LeanClient.post takes httpx's `json` keyword)
 import os  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -55,6 +56,15 @@ BASELINE_BATCH = 64
 def sentences() -> list[str]:
     text = CORPUS.read_text(encoding="latin-1")
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 4]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -86,8 +96,51 @@ def in_process(model, texts: list[str], duration: float) -> float:  # noqa: ANN0
 
 
 # ---- the load driver (a second process) ----------------------------------------------------
-async def drive(url: str, concurrency: int, per_request: int, warmup: float, duration: float) -> dict:
+class LeanClient:
+    """HTTP/1.1 POSTs on one keep-alive connection with as little CPU as the caller can spend.
+
+    On these 2 cores the load generator competes with the service it measures; httpx costs about a
+    millisecond of CPU per request. The answer is read whole (by its Content-Length) but not parsed:
+    the bench checks one vector against the in-process model before the load starts.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> LeanClient:
+        hostport = url.split("://", 1)[1].rstrip("/")
+        host, port = hostport.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, hostport)
+
+    async def post(self, path: str, json: dict) -> LeanReply:  # noqa: A002 (httpx's keyword)
+        body = _json.dumps(json).encode()
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        status = int((await self.reader.readline()).split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return LeanReply(status)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class LeanReply:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+async def drive(
+    url: str, concurrency: int, per_request: int, warmup: float, duration: float, client_kind: str = "lean"
+) -> dict:
     texts = sentences()
+    cpu_at_start = time.process_time()  # the driver's imports are not the load's cost
     cursor = 0
     latencies: list[float] = []
     embedded = 0
@@ -115,9 +168,19 @@ async def drive(url: str, concurrency: int, per_request: int, warmup: float, dur
             if reply.status_code == 429:
                 await asyncio.sleep(0.01)
 
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        await asyncio.gather(*(caller(client) for _ in range(concurrency)))
+    if client_kind == "httpx":
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            await asyncio.gather(*(caller(client) for _ in range(concurrency)))
+    else:
+        clients = [await LeanClient.open(url) for _ in range(concurrency)]
+        try:
+            await asyncio.gather(*(caller(client) for client in clients))
+        finally:
+            for client in clients:
+                client.close()
     p50, p99 = percentiles(latencies)
+    # The whole run's CPU (warm-up included), per embedding sent: the load itself costs CPU on these cores.
+    sent = cursor
     return {
         "concurrency": concurrency,
         "per_request": per_request,
@@ -126,14 +189,26 @@ async def drive(url: str, concurrency: int, per_request: int, warmup: float, dur
         "p50_ms": p50,
         "p99_ms": p99,
         "statuses": statuses,
+        "sent": sent,
+        "driver_cpu_ms_per_1k": 1e6 * (time.process_time() - cpu_at_start) / max(sent, 1),
+        "client": client_kind,
     }
 
 
-def run_driver(url: str, concurrency: int, args: argparse.Namespace) -> dict:
+def run_driver(url: str, concurrency: int, args: argparse.Namespace, watched: dict[str, int]) -> dict:
+    """One load run from a second process; also the CPU each watched process spent, per 1,000 embeddings."""
     command = [sys.executable, __file__, "--drive", url, "--concurrency", str(concurrency)]
     command += ["--per_request", str(args.per_request), "--warmup", str(args.warmup), "--duration", str(args.duration)]
+    command += ["--client", args.client]
+    before = {name: cpu_seconds(pid) for name, pid in watched.items()}
     out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=args.warmup + args.duration + 120)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    total = max(row["sent"], 1)  # the whole run's sentences, warm-up too, as the CPU figures cover it
+    row["cpu_ms_per_1k"] = {
+        name: round(1e6 * (cpu_seconds(pid) - before[name]) / total, 1) for name, pid in watched.items()
+    }
+    row["cpu_ms_per_1k"]["driver"] = round(row.pop("driver_cpu_ms_per_1k"), 1)
+    return row
 
 
 # ---- the stack and the HTTP service ----------------------------------------------------------
@@ -206,8 +281,12 @@ def run_http(args: argparse.Namespace, settings: list[tuple[int, float, int]], p
                 try:
                     got = wait_embeds(url, proc)
                     cosine = float(got @ probe / (np.linalg.norm(got) * np.linalg.norm(probe)))
+                    watched = {name: p.pid for name, p in stack.processes.items()}
+                    if proc is not None:
+                        watched = {k: v for k, v in watched.items() if not k.startswith("http")}
+                        watched["http"] = proc.pid
                     for c in args.concurrency:
-                        row = run_driver(url, c, args)
+                        row = run_driver(url, c, args, watched)
                         row.update(max_batch_size=max_batch, batch_wait_ms=wait_ms, max_batches_in_flight=in_flight)
                         row["cosine_to_in_process"] = cosine
                         row["http_service"] = "stack" if use_stack else "gnes http subprocess"
@@ -230,6 +309,10 @@ def print_row(row: dict, baseline: float) -> None:
         f"  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  [{codes}]",
         flush=True,
     )
+    cpu = row.get("cpu_ms_per_1k", {})
+    if cpu:
+        parts = "  ".join(f"{name} {ms:g}" for name, ms in sorted(cpu.items(), key=lambda kv: -kv[1]))
+        print(f"      CPU ms per 1,000 embeddings: {parts}", flush=True)
 
 
 def main() -> None:
@@ -241,13 +324,18 @@ def main() -> None:
     parser.add_argument(
         "--settings", default="64:5:4,64:10:2,128:20:1", help="max_batch_size:batch_wait_ms[:max_batches_in_flight],..."
     )
+    parser.add_argument(
+        "--client", choices=("lean", "httpx"), default="lean", help="the load's HTTP client (lean: least CPU)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     parser.add_argument("--drive", default="", help=argparse.SUPPRESS)  # the load-driver process
     args = parser.parse_args()
     if args.drive:
         print(
             json.dumps(
-                asyncio.run(drive(args.drive, int(args.concurrency), args.per_request, args.warmup, args.duration))
+                asyncio.run(
+                    drive(args.drive, int(args.concurrency), args.per_request, args.warmup, args.duration, args.client)
+                )
             )
         )
         return

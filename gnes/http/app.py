@@ -11,13 +11,14 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 
 from ..indexer.index_set import NO_SUCH_INDEX
 from ..proto import WireError, pb
 from ..service.validate import check_request
 from . import models as m
 from .batcher import PipelineError, QueueFull
+from .vectors_json import vectors_response
 
 if TYPE_CHECKING:
     from .service import HttpService
@@ -53,15 +54,15 @@ def create_app(service: HttpService) -> FastAPI:
     admin = APIRouter(dependencies=_auth("admin"))
 
     @read.post("/embed", response_model=m.EmbedOut)
-    async def embed(body: m.EmbedIn, request: Request) -> m.EmbedOut:
+    async def embed(body: m.EmbedIn, request: Request) -> Response:
         rows = await _embed(service, request, body.sentences)
-        return m.EmbedOut(embeddings=rows.tolist())
+        return vectors_response({"embeddings": rows})
 
     @read.post("/embed/batch", response_model=m.BatchOut)
-    async def embed_batch(body: m.BatchIn, request: Request) -> m.BatchOut:
+    async def embed_batch(body: m.BatchIn, request: Request) -> Response:
         """The external-function format: every row answered, in the order given."""
         rows = await _embed(service, request, [text for _, text in body.data])
-        return m.BatchOut(data=[(row, vec) for (row, _), vec in zip(body.data, rows.tolist(), strict=True)])
+        return vectors_response({"data": [(row, vec) for (row, _), vec in zip(body.data, rows, strict=True)]})
 
     @read.post("/apply/{model}", response_model=m.ApplyOut)
     async def apply(model: str, body: m.TitleIn, request: Request) -> m.ApplyOut:
