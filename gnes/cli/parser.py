@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encode", help="start an encoder")
     _service_flags(p, "PULL_CONNECT", "PUSH_CONNECT")
+    m = p.add_argument_group("named model (see `gnes model` and docs/models.md)")
+    m.add_argument("--model_name", default="", help="serve this model name (its own logical index); empty: default")
+    m.add_argument("--plugin", default="", help="a Python file defining get_embed_fn() (instead of --yaml_path)")
+    m.add_argument("--package", default="", help="an importable package defining get_embed_fn()")
+
+    p = sub.add_parser("preprocess", help="start a preprocessor: documents into chunks before the encoders")
+    _service_flags(p, "PULL_BIND", "PUSH_CONNECT")
 
     p = sub.add_parser("index", help="start an indexer shard")
     _service_flags(p, "PULL_CONNECT", "PUSH_CONNECT")
@@ -108,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_pending", type=int, default=10000, help="requests in flight at most")
     p.add_argument("--max_doc_bytes", type=int, default=1 << 20, help="largest document accepted, in bytes")
     p.add_argument("--max_docs_per_request", type=int, default=10000, help="most documents in one request")
+    p.add_argument(
+        "--port_metrics",
+        type=int,
+        default=-1,
+        help="serve Prometheus /metrics (gRPC calls, per-stage latency) on --host_ctrl at this port;"
+        " -1: none (default), 0: any free port (status shows it)",
+    )
     p.add_argument(
         "--token_file",
         default="",

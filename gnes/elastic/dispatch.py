@@ -9,6 +9,13 @@ acknowledged goes to the others, first in line; downstream, writes are idempoten
 the reducer keeps the first answer of a part, so a message done twice is harmless. A worker
 asked to stop (SIGTERM) says LEAVE: it gets no more work, finishes what it holds and is let
 go (BYE) once that is acknowledged. No message is lost to a worker that dies or leaves.
+
+Workers serve models: a worker's HELLO names its model ("" is the deployment's default one) and
+the dispatcher keeps one pool, and one queue, per model. A message goes to a worker of the model
+its envelope names (`model_name`); one for a model that no worker has ever served, or whose
+workers have all left, is answered at once with an error naming the model, instead of waiting
+for a worker that will never come. A model whose workers only died waits FORGET_AFTER_S for them
+to come back before its queue is answered the same way.
 """
 
 from __future__ import annotations
@@ -22,16 +29,21 @@ from dataclasses import dataclass, field
 import zmq
 
 from ..proto import pb
-from ..service.message import Packet
+from ..service.message import Packet, as_error
 from . import link
 from .peers import Peers, receive_from_peers, router_socket, send_to
 
 log = logging.getLogger("gnes.dispatch")
 
+# A model whose workers all died (not left) and none came back for this long is forgotten.
+FORGET_AFTER_S = 30.0
+_ANY = None  # the queue of answers (errors) that any worker may carry downstream
+
 
 @dataclass
 class _Worker:
     name: str
+    model: str = ""
     leaving: bool = False
     in_flight: OrderedDict[link.PartKey, Packet] = field(default_factory=OrderedDict)
 
@@ -40,10 +52,14 @@ class WorkDispatcher:
     def __init__(self, stopping: Callable[[], bool], window: int = 8, max_pending: int = 1000) -> None:
         self.window = window
         self.max_pending = max_pending
-        self.pending: deque[Packet] = deque()
+        # One queue per model; _ANY holds error answers, which any worker passes on.
+        self.queues: dict[str | None, deque[Packet]] = {}
         self.workers: dict[str, _Worker] = {}
         self.peers = Peers(self._on_down, link.WORKER_DEAD_AFTER_S)
         self.resent = 0
+        self.unknown_model = 0
+        # model -> when its last live worker died (None while one lives)
+        self.models: dict[str, float | None] = {}
         self._stopping = stopping
         self.router: zmq.Socket | None = None
 
@@ -53,30 +69,47 @@ class WorkDispatcher:
         return self.router, self.peers.open_monitor(self.router)
 
     @property
+    def pending(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    @property
     def full(self) -> bool:
         """Enough is waiting: the proxy stops reading its input until workers catch up."""
-        return len(self.pending) >= self.max_pending
+        return self.pending >= self.max_pending
 
     def submit(self, packet: Packet) -> None:
-        self.pending.append(packet)
+        env = packet.envelope
+        model: str | None = _ANY if env.is_response else env.model_name
+        if model and model not in self.models and self.workers:
+            packet, model = self._refuse(packet, model), _ANY
+        self.queues.setdefault(model, deque()).append(packet)
         self.pump()
 
-    def pump(self) -> None:
-        while self.pending:
-            worker = self._least_busy()
-            if worker is None:
-                return
-            packet = self.pending.popleft()
-            env = packet.envelope
-            worker.in_flight[link.part_key(env.client_id, env.request_id, env.part_ids)] = packet
-            frames = [link.REQ, env.SerializeToString(), packet.body]
-            if not send_to(self.router, worker.name, frames, self._stopping):
-                self.peers.down(self.peers.table[worker.name], "its connection is gone")
+    def _refuse(self, packet: Packet, model: str) -> Packet:
+        self.unknown_model += 1
+        served = ", ".join(sorted(m or "default" for m in self.models)) or "none"
+        log.info("request %d names model %r, which no encoder serves", packet.envelope.request_id, model)
+        return as_error(packet, f"no encoder serves the model {model!r} (models served: {served})")
 
-    def _least_busy(self) -> _Worker | None:
+    def pump(self) -> None:
+        for model, queue in list(self.queues.items()):
+            while queue:
+                worker = self._least_busy(model)
+                if worker is None:
+                    break
+                packet = queue.popleft()
+                env = packet.envelope
+                worker.in_flight[link.part_key(env.client_id, env.request_id, env.part_ids)] = packet
+                frames = [link.REQ, env.SerializeToString(), packet.body]
+                if not send_to(self.router, worker.name, frames, self._stopping):
+                    self.peers.down(self.peers.table[worker.name], "its connection is gone")
+
+    def _least_busy(self, model: str | None) -> _Worker | None:
         best = None
         for worker in self.workers.values():
             if worker.leaving or not self.peers.live(worker.name) or len(worker.in_flight) >= self.window:
+                continue
+            if model is not _ANY and worker.model != model:
                 continue
             if best is None or len(worker.in_flight) < len(best.in_flight):
                 best = worker
@@ -95,6 +128,10 @@ class WorkDispatcher:
             if worker is not None:
                 self._give_back(worker)
             worker = self.workers[name] = _Worker(name)
+        if hello is not None:
+            worker.model = str(hello.get("model", ""))
+            if self.models.get(worker.model, 0.0) is not None:
+                self.models[worker.model] = None  # it has a live worker (again)
         if appeared and not restarted:
             log.info("worker %s is up (%d workers)", name, sum(self.peers.live(w) for w in self.workers))
         if kind == link.ACK:
@@ -108,27 +145,52 @@ class WorkDispatcher:
         if worker.leaving and not worker.in_flight:
             send_to(self.router, name, [link.BYE, link.pack({"reason": "done"})], self._stopping)
             del self.workers[name]
+            if not any(w.model == worker.model for w in self.workers.values()):
+                self._forget(worker.model, "its encoders have left")
 
     def _on_down(self, name: str, why: str) -> None:
         worker = self.workers.pop(name, None)
         if worker is not None:
             log.warning("worker %s is down (%s): %d messages go to the others", name, why, len(worker.in_flight))
             self._give_back(worker)
+            if not any(self.peers.live(w.name) for w in self.workers.values() if w.model == worker.model):
+                self.models[worker.model] = time.monotonic()
 
     def _give_back(self, worker: _Worker) -> None:
-        """What a dead worker held goes first in line, in its order."""
+        """What a dead worker held goes first in line of its queue, in its order."""
         self.resent += len(worker.in_flight)
-        self.pending.extendleft(reversed(worker.in_flight.values()))
+        for packet in reversed(worker.in_flight.values()):
+            env = packet.envelope
+            self.queues.setdefault(_ANY if env.is_response else env.model_name, deque()).appendleft(packet)
         worker.in_flight.clear()
 
+    def _forget(self, model: str, why: str) -> None:
+        """No encoder serves `model` any more: what waits for it is answered with an error."""
+        self.models.pop(model, None)
+        waiting = self.queues.pop(model, deque())
+        if model and waiting:
+            log.warning("model %r is gone (%s): %d waiting messages answered with an error", model, why, len(waiting))
+        if model:  # the default model's queue waits for its workers, as it always did
+            refused = deque(self._refuse(packet, model) for packet in waiting)
+            self.queues.setdefault(_ANY, deque()).extend(refused)
+        else:
+            self.queues[model] = waiting
+
     def check(self, now: float | None = None) -> None:
-        self.peers.check(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        self.peers.check(now)
+        for model, died in list(self.models.items()):
+            if died is not None and now - died > FORGET_AFTER_S:
+                self._forget(model, f"no encoder of it for {FORGET_AFTER_S:g}s")
         self.pump()
 
     def status(self) -> dict[str, object]:
+        live = [w for w in self.workers.values() if self.peers.live(w.name)]
         return {
-            "workers": sum(self.peers.live(w) for w in self.workers),
-            "waiting": len(self.pending),
+            "workers": len(live),
+            "waiting": self.pending,
             "in_flight": sum(len(w.in_flight) for w in self.workers.values()),
             "resent": self.resent,
+            "models": {m or "default": sum(w.model == m for w in live) for m in self.models},
+            "unknown_model": self.unknown_model,
         }

@@ -16,8 +16,9 @@ _LEAVE_WAIT_S = 3.0
 
 
 class WorkerLink:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, info: dict[str, str] | None = None) -> None:
         self.name = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.info = info or {}  # told in every HELLO (an encoder's model name: the pool it joins)
         self.sock: zmq.Socket | None = None
         self._out = Outbox()
         self._next_hello = 0.0
@@ -33,7 +34,7 @@ class WorkerLink:
         self._out.send(frames)
 
     def hello(self) -> None:
-        self._send([link.HELLO, link.pack({"id": self.name, "incarnation": self.name})])
+        self._send([link.HELLO, link.pack({**self.info, "id": self.name, "incarnation": self.name})])
 
     def acknowledge(self, packets: list[Packet], now: float) -> None:
         if self.leave_deadline is not None:

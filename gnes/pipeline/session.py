@@ -105,7 +105,10 @@ class PipelineSession:
         internal_id = self._next_id
         caller_id = request.request_id
         request.request_id = internal_id
-        env = pb.Envelope(client_id=self.client_id, request_id=internal_id, body_type=body_type)
+        # model_name: the dispatcher hands the request to that model's encoders (gnes/elastic/dispatch.py).
+        env = pb.Envelope(
+            client_id=self.client_id, request_id=internal_id, body_type=body_type, model_name=request.model_name
+        )
         env.num_part.append(1)
         env.part_ids.append(0)
         self._waiting[internal_id] = (future, caller_id)

@@ -126,6 +126,10 @@ class BaseService:
     def on_timer(self, now: float) -> None:
         pass
 
+    def link_info(self) -> dict[str, str]:
+        """What this worker tells its dispatching proxy in every HELLO (an encoder: its model)."""
+        return {}
+
     def status_info(self) -> dict[str, object]:
         info: dict[str, object] = {
             "name": self.name,
@@ -190,7 +194,7 @@ class BaseService:
             in_spec, out_spec = cfg.in_spec, cfg.out_spec
             in_sock = None
             if in_spec.type is SocketType.DEALER_CONNECT:
-                self._worker = WorkerLink(self.name)
+                self._worker = WorkerLink(self.name, self.link_info())
                 in_sock = self._worker.open(ctx, in_spec.host, in_spec.port, cfg.hwm)
                 socks.append(in_sock)
             elif in_spec.type is not SocketType.NONE:

@@ -23,6 +23,10 @@ class ServiceConfig:
     mode: str = "ANY"
     yaml_path: str = ""
     dump_path: str = ""
+    # encoders: the named model they serve (empty: the default model) and where it comes from
+    model_name: str = ""
+    plugin: str = ""
+    package: str = ""
     # proxies
     proxy_type: str = "ProxyService"
     batch_size: int = 0
@@ -38,6 +42,7 @@ class ServiceConfig:
     grpc_port: int = 8800
     max_doc_bytes: int = 1 << 20
     max_docs_per_request: int = 10000
+    port_metrics: int = -1  # frontend: Prometheus /metrics on host_ctrl; -1: none, 0: any free port
     token_file: str = ""  # frontend, http: tokens and roles (gnes/auth/tokens.py); none: open
     # indexer
     save_interval: float = 0.0

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..config import load_component
 from ..encoder.base import BaseEncoder
+from ..encoder.chunks import encode_chunked
 from ..proto import WireError, array_to_nd, doc_text, pb
 from .base import BaseService
 from .message import BodyType, Packet
@@ -20,6 +21,10 @@ class EncoderService(BaseService):
         self.encoder = encoder
 
     def setup(self) -> None:
+        if self.encoder is None and (self.config.plugin or self.config.package):
+            from ..models.plugin import PluginEncoder  # a get_embed_fn() plugin (gnes/models/plugin.py)
+
+            self.encoder = PluginEncoder(self.config.plugin, self.config.package)
         if self.encoder is None:
             if not self.config.yaml_path:
                 raise ValueError("the encoder needs --yaml_path, e.g. yaml/encoder-minilm.yml")
@@ -31,8 +36,12 @@ class EncoderService(BaseService):
         if self.encoder is not None:
             self.encoder.close()
 
+    def link_info(self) -> dict[str, str]:
+        return {"model": self.config.model_name}  # the dispatcher's pool this encoder joins
+
     def status_info(self) -> dict[str, object]:
         info = {**super().status_info(), "dim": self.encoder.dim if self.encoder else None}
+        info["model_name"] = self.config.model_name or "default"
         if self.encoder is not None:
             # What `gnes client status` shows: the class, and the model it loaded where it has one.
             name = type(self.encoder).__name__
@@ -48,6 +57,9 @@ class EncoderService(BaseService):
             return
         request = packet.request()
         kind = request.WhichOneof("body")
+        named = self.config.model_name
+        if named and kind in ("index", "train", "search") and not getattr(request, kind).index_name:
+            getattr(request, kind).index_name = named  # a named model's own logical index (its dimension)
         if kind == "search":
             self._encode_query(request.search)
         else:
@@ -58,13 +70,27 @@ class EncoderService(BaseService):
     def _encode_docs(self, body: pb.Request.IndexRequest | pb.Request.TrainRequest | pb.Request.EmbedRequest) -> None:
         if body.HasField("embeddings"):  # vectors given by the caller (bulk load): nothing to encode
             return
+        if encode_chunked(self.encoder, body):  # chunks from a preprocessor: gnes/encoder/chunks.py
+            return
         # Surrounding whitespace carries no meaning (GNES 0.0.47 clients send lines with their newline).
         texts = [doc_text(d).strip() for d in body.docs]
         for i, text in enumerate(texts):
             if not text:
                 raise WireError(f"document {i} (doc_id {body.docs[i].doc_id}) has no text to encode")
-        vectors = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
+        instructions = [d.instruction for d in body.docs]
+        if any(instructions):
+            vectors = self._encode_pairs(list(zip(instructions, texts, strict=True)))
+        else:
+            vectors = self.encoder.encode(texts) if texts else np.zeros((0, self.encoder.dim), np.float32)
         array_to_nd(vectors, body.embeddings)
+
+    def _encode_pairs(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """[instruction, text] pairs, for a model that declares it takes them; any other refuses them
+        rather than dropping the instructions silently."""
+        if not getattr(self.encoder, "takes_pairs", False):
+            model = self.config.model_name or "default"
+            raise WireError(f"the model {model!r} does not take [instruction, text] pairs; send plain texts")
+        return self.encoder.encode_pairs(pairs)
 
     def _encode_query(self, search: pb.Request.QueryRequest) -> None:
         if search.HasField("embedding"):
@@ -72,4 +98,7 @@ class EncoderService(BaseService):
         text = doc_text(search.query).strip()
         if not text:
             raise WireError("the query has no text to encode")
+        if search.query.instruction:
+            array_to_nd(self._encode_pairs([(search.query.instruction, text)]), search.embedding)
+            return
         array_to_nd(self.encoder.encode([text]), search.embedding)

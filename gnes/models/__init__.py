@@ -1,0 +1,1 @@
+"""Named models served side by side: the plugin convention, the controller, keyterms, evaluation."""
