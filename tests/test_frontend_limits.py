@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -52,6 +53,7 @@ def held_frontend() -> tuple[HeldPipeline, FrontendService]:
         socket_out="PUSH_CONNECT",
         grpc_port=free_ports(1)[0],
         max_pending=2,
+        port_metrics=0,
     )
     try:
         with FrontendService(config) as frontend:
@@ -62,8 +64,8 @@ def held_frontend() -> tuple[HeldPipeline, FrontendService]:
 
 class _Pipeline(threading.Thread):
     """Answers the frontend's health probes (admin LIST) at once and holds EMBED requests
-    until released, so exactly the embeddings occupy --max_pending (the probes take a slot
-    only for the moment they are in flight)."""
+    until released, so exactly the embeddings occupy --max_pending (the frontend's own probes
+    never count against it)."""
 
     def __init__(self, held: HeldPipeline) -> None:
         super().__init__(daemon=True)
@@ -116,8 +118,7 @@ def test_max_pending_refuses_unary_calls_at_once_and_the_accepted_ones_complete(
                 assert time.monotonic() < deadline, f"{frontend.refused} refused, {len(pipeline.embeds)} held"
                 time.sleep(0.01)
             accepted = list(pipeline.embeds)
-            # Two, or one where a health probe held the other slot at that moment.
-            assert 1 <= len(accepted) <= 2 and frontend.session.in_flight >= len(accepted)
+            assert len(accepted) == 2 and frontend.session.in_flight >= 2
             assert not any(r.done() and r.result()[0] != "RESOURCE_EXHAUSTED" for r in results)
             # ZeroMQ sockets are not thread-safe: the stand-in's thread stops before we answer.
             pipeline.stopping.set()
@@ -133,3 +134,9 @@ def test_max_pending_refuses_unary_calls_at_once_and_the_accepted_ones_complete(
     refused_in = [s for code, s in outcomes if code == "RESOURCE_EXHAUSTED"]
     assert max(refused_in) < 1.0, f"a refusal took {max(refused_in):.3f}s: it waited instead of refusing"
     assert len(pipeline.embeds) == len(accepted), "a refused call reached the pipeline"
+    # The same outcomes on the frontend's Prometheus endpoint.
+    port = frontend.status_info()["metrics_port"]
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert f'gnes_grpc_requests_total{{code="RESOURCE_EXHAUSTED",kind="embed"}} {callers - 2}.0' in text, text
+    assert 'gnes_grpc_requests_total{code="OK",kind="embed"} 2.0' in text
+    assert 'gnes_grpc_request_seconds_count{kind="embed"} 2.0' in text

@@ -7,8 +7,17 @@ process, and two apps registering the same names on one registry would fail.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 
 from ..proto import pb
 from ..service.message import BodyType, response_status
@@ -51,6 +60,11 @@ class Metrics:
         self.shard_documents = Gauge(
             "gnes_shard_documents", "documents per shard and index", ["shard", "index"], registry=r
         )
+        # The gRPC frontend's calls, by request kind (index, search, ...) and gRPC status code.
+        self.grpc_requests = Counter("gnes_grpc_requests", "gRPC requests answered", ["kind", "code"], registry=r)
+        self.grpc_seconds = Histogram(
+            "gnes_grpc_request_seconds", "gRPC request time", ["kind"], buckets=_LATENCY_BUCKETS, registry=r
+        )
 
     # ---- what the app calls ------------------------------------------------------------
     def observe_http(self, endpoint: str, status: int, seconds: float) -> None:
@@ -58,6 +72,12 @@ class Metrics:
         if status >= 400:
             self.errors.labels(endpoint, str(status)).inc()
         self.request_seconds.labels(endpoint).observe(seconds)
+
+    def observe_grpc(self, kind: str, code: str, seconds: float | None = None) -> None:
+        """One gRPC request: its kind, its status code name (OK, RESOURCE_EXHAUSTED, ...), its time."""
+        self.grpc_requests.labels(kind, code).inc()
+        if seconds is not None:
+            self.grpc_seconds.labels(kind).observe(seconds)
 
     def observe_answer(self, envelope: pb.Envelope, response: pb.Response | None = None) -> None:
         """One answered pipeline request: its per-stage times from the route stamps, and its
@@ -97,6 +117,12 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def serve(self, host: str, port: int) -> tuple[Any, int]:
+        """Serve this registry at http://host:port/metrics from a thread of its own (the gRPC
+        frontend, which has no HTTP server); returns the server (shut it down to stop) and its port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server, int(server.server_port)
 
 
 def _seconds(stamp: object) -> float:

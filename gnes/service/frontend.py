@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -48,10 +49,16 @@ class FrontendService(pb_grpc.GnesRPCServicer):
         # --token_file, $GNES_TOKEN_FILE or $GNES_TOKENS; none: open, as before tokens existed.
         self.tokens = TokenStore.from_sources(config.token_file or None)
         self.health = HealthWatcher(self.session)
+        self.metrics = _metrics() if config.port_metrics >= 0 else None
+        if self.metrics is not None:
+            self.session.on_answer = self.metrics.observe_answer  # per-stage latency from the route stamps
+        self.metrics_port = 0
+        self._metrics_server: object | None = None
         self.grpc_port = config.grpc_port
         self.ctrl_port = 0
         self.served = 0
         self.refused = 0
+        self._calls = 0  # unary calls in the pipeline now (what --max_pending bounds)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -124,6 +131,8 @@ class FrontendService(pb_grpc.GnesRPCServicer):
         self.grpc_port = bound
         await server.start()
         await self.health.start()
+        if self.metrics is not None:
+            self._metrics_server, self.metrics_port = self.metrics.serve(cfg.host_ctrl, cfg.port_metrics)
         ctrl_fd = ctrl.getsockopt(zmq.FD)
         self._loop.add_reader(ctrl_fd, self._on_control, ctrl)
         self._on_control(ctrl)  # the descriptor signals changes only: look once at what is there
@@ -135,6 +144,9 @@ class FrontendService(pb_grpc.GnesRPCServicer):
         finally:
             await self.health.stop()
             await server.stop(grace=2.0)
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()  # type: ignore[attr-defined]
+                self._metrics_server.server_close()  # type: ignore[attr-defined]
             self._loop.remove_reader(ctrl_fd)
             await self.session.close()
             ctrl.close()
@@ -158,6 +170,7 @@ class FrontendService(pb_grpc.GnesRPCServicer):
             "in_flight": self.session.in_flight,
             "partial": self.session.reducer.partial_answers,
             "refused": self.refused,
+            "metrics_port": self.metrics_port,
         }
 
     async def submit(self, request: pb.Request) -> asyncio.Future[pb.Response]:
@@ -173,21 +186,34 @@ class FrontendService(pb_grpc.GnesRPCServicer):
 
     # ---- gRPC ------------------------------------------------------------------------
     async def _unary(self, request: pb.Request, context: grpc.aio.ServicerContext) -> pb.Response:
-        if self.session.in_flight >= self.config.max_pending:
+        kind = request.WhichOneof("body") or "none"
+        # Callers' calls only: the health watcher's own probes must not take a caller's place.
+        if self._calls >= self.config.max_pending:
             # Told at once, so the caller backs off instead of waiting into its timeout.
             self.refused += 1
+            self._observe(kind, "RESOURCE_EXHAUSTED")
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.session.in_flight} requests are in the pipeline (--max_pending); retry later",
+                f"{self._calls} requests are in the pipeline (--max_pending); retry later",
             )
-        future = await self.submit(request)
+        started = time.perf_counter()
+        self._calls += 1
         try:
+            future = await self.submit(request)
             response = await future
         except asyncio.CancelledError:
             self.session.forget(request.request_id)
+            self._observe(kind, "CANCELLED", time.perf_counter() - started)
             raise
+        finally:
+            self._calls -= 1
         self.served += 1
+        self._observe(kind, _answer_code(response), time.perf_counter() - started)
         return response
+
+    def _observe(self, kind: str, code: str, seconds: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_grpc(kind, code, seconds)
 
     Call = _unary
     Index = _unary
@@ -215,7 +241,23 @@ class FrontendService(pb_grpc.GnesRPCServicer):
                 response = await future
                 window.release()
                 self.served += 1
+                self._observe(response.WhichOneof("body") or "none", _answer_code(response))
                 yield response
             await reader
         finally:
             reader.cancel()
+
+
+def _answer_code(response: pb.Response) -> str:
+    """OK, or ERROR where the pipeline answered with a reason (the call itself succeeds)."""
+    kind = response.WhichOneof("body")
+    failed = response.error or (kind is not None and getattr(response, kind).status == pb.Response.ERROR)
+    return "ERROR" if failed else "OK"
+
+
+def _metrics():  # type: ignore[no-untyped-def]
+    try:
+        from ..metrics.prom import Metrics
+    except ImportError as exc:
+        raise ImportError(f"--port_metrics needs prometheus-client: install gnes[metrics] ({exc})") from exc
+    return Metrics()
