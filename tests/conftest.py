@@ -46,6 +46,7 @@ def start_inprocess_pipeline(
     batch_size: int = 0,
     reduce_timeout: float = 10.0,
     hold_timeout: float = 30.0,
+    encoder_dump: str = "",
 ) -> InProcessPipeline:
     from gnes.client import GnesClient
     from gnes.service.config import ServiceConfig
@@ -86,7 +87,13 @@ def start_inprocess_pipeline(
         ),
         spec("outgoing", ReduceProxyService, "out_in", "out_out", "PULL_BIND PUB_BIND", reduce_timeout=reduce_timeout),
         spec(
-            "encoder", EncoderService, "income_out", "middle_in", "DEALER_CONNECT PUSH_CONNECT", yaml_path=encoder_yaml
+            "encoder",
+            EncoderService,
+            "income_out",
+            "middle_in",
+            "DEALER_CONNECT PUSH_CONNECT",
+            yaml_path=encoder_yaml,
+            dump_path=encoder_dump,
         ),
     ]
     for i in range(shards):

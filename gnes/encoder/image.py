@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..component import check_bool, check_int, check_optional_int, check_str
+from ..image.decode import DEFAULT_MAX_PIXELS
 from .base import BaseEncoder
 
 EFFICIENTNET_LITE0 = "efficientnet-lite0"
@@ -39,7 +40,8 @@ class ImageEncoder(BaseEncoder):
     `weights_path`, a state dict saved with torch.save. The torchvision network's last
     Linear layer (its classifier) is replaced by the identity, so the output is the
     pooled features. Weights load with `weights_only=True`: a file cannot run code.
-    `normalize` L2-normalises the vectors (inner product is then cosine).
+    `normalize` L2-normalises the vectors (inner product is then cosine). `max_pixels` bounds
+    the images the encoder service decodes for it (gnes/image/decode.py), checked before decoding.
     """
 
     input_kind = "image"
@@ -55,6 +57,7 @@ class ImageEncoder(BaseEncoder):
         batch_size: int = 32,
         num_threads: int | None = None,
         normalize: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         self.model = check_str("model", model)
@@ -78,6 +81,7 @@ class ImageEncoder(BaseEncoder):
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.num_threads = check_optional_int("num_threads", num_threads, minimum=1)
         self.normalize = check_bool("normalize", normalize)
+        self.max_pixels = check_int("max_pixels", max_pixels, minimum=1)
         self._net: Any = None
         self._dim = 0
 
@@ -177,7 +181,9 @@ class ImageEncoder(BaseEncoder):
         import torch
         from torchvision.transforms import v2
 
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        # Arrays read from a message are read-only views of its bytes; torch wants its own.
+        pixels = image if image.flags.writeable and image.flags.c_contiguous else np.array(image)
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1)
         tensor = v2.functional.resize(tensor, [self.resize], antialias=True)
         tensor = v2.functional.center_crop(tensor, [self.image_size, self.image_size])
         tensor = tensor.to(torch.float32).div_(255.0)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import zmq
 import zmq.asyncio
 
+from ..encoder.requests import report_doc_errors
 from ..proto import WireError, pb
 from ..service.config import ServiceConfig
 from ..service.message import BodyType, Packet, body_type_of, error_response, parse_frames
@@ -163,6 +164,8 @@ class PipelineSession:
         except WireError as exc:
             response = error_response(caller_id, packet.envelope.body_type, str(exc))
         response.request_id = caller_id
+        if packet.envelope.doc_errors:  # documents the encoder refused while it took the rest
+            report_doc_errors(response, packet.envelope.doc_errors)
         if self.on_answer is not None:
             try:
                 self.on_answer(packet.envelope, response)

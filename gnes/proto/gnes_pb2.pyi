@@ -80,8 +80,18 @@ class Document(_message.Message):
     instruction: str
     def __init__(self, doc_id: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ..., doc_type: _Optional[_Union[Document.DocType, str]] = ..., meta_info: _Optional[bytes] = ..., raw_text: _Optional[str] = ..., raw_image: _Optional[_Union[NdArray, _Mapping]] = ..., raw_video: _Optional[_Union[NdArray, _Mapping]] = ..., raw_bytes: _Optional[bytes] = ..., weight: _Optional[float] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ..., meta_json: _Optional[str] = ..., instruction: _Optional[str] = ...) -> None: ...
 
+class DocError(_message.Message):
+    __slots__ = ("doc_id", "position", "reason")
+    DOC_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    doc_id: int
+    position: int
+    reason: str
+    def __init__(self, doc_id: _Optional[int] = ..., position: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class Envelope(_message.Message):
-    __slots__ = ("client_id", "request_id", "part_id", "num_part", "timeout", "routes", "gnes_version", "proto_version", "vcs_version", "part_ids", "body_type", "is_response", "model_name")
+    __slots__ = ("client_id", "request_id", "part_id", "num_part", "timeout", "routes", "gnes_version", "proto_version", "vcs_version", "part_ids", "body_type", "is_response", "doc_errors", "model_name")
     class BodyType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         UNSET: _ClassVar[Envelope.BodyType]
@@ -125,6 +135,7 @@ class Envelope(_message.Message):
     PART_IDS_FIELD_NUMBER: _ClassVar[int]
     BODY_TYPE_FIELD_NUMBER: _ClassVar[int]
     IS_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    DOC_ERRORS_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     request_id: int
@@ -138,8 +149,9 @@ class Envelope(_message.Message):
     part_ids: _containers.RepeatedScalarFieldContainer[int]
     body_type: Envelope.BodyType
     is_response: bool
+    doc_errors: _containers.RepeatedCompositeFieldContainer[DocError]
     model_name: str
-    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., part_id: _Optional[int] = ..., num_part: _Optional[_Iterable[int]] = ..., timeout: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Envelope.route, _Mapping]]] = ..., gnes_version: _Optional[str] = ..., proto_version: _Optional[str] = ..., vcs_version: _Optional[str] = ..., part_ids: _Optional[_Iterable[int]] = ..., body_type: _Optional[_Union[Envelope.BodyType, str]] = ..., is_response: _Optional[bool] = ..., model_name: _Optional[str] = ...) -> None: ...
+    def __init__(self, client_id: _Optional[str] = ..., request_id: _Optional[int] = ..., part_id: _Optional[int] = ..., num_part: _Optional[_Iterable[int]] = ..., timeout: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[Envelope.route, _Mapping]]] = ..., gnes_version: _Optional[str] = ..., proto_version: _Optional[str] = ..., vcs_version: _Optional[str] = ..., part_ids: _Optional[_Iterable[int]] = ..., body_type: _Optional[_Union[Envelope.BodyType, str]] = ..., is_response: _Optional[bool] = ..., doc_errors: _Optional[_Iterable[_Union[DocError, _Mapping]]] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("envelope", "request", "response")
@@ -280,17 +292,21 @@ class Response(_message.Message):
     PENDING: Response.Status
     READY: Response.Status
     class TrainResponse(_message.Message):
-        __slots__ = ("status",)
+        __slots__ = ("status", "doc_errors")
         STATUS_FIELD_NUMBER: _ClassVar[int]
+        DOC_ERRORS_FIELD_NUMBER: _ClassVar[int]
         status: Response.Status
-        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ...) -> None: ...
+        doc_errors: _containers.RepeatedCompositeFieldContainer[DocError]
+        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., doc_errors: _Optional[_Iterable[_Union[DocError, _Mapping]]] = ...) -> None: ...
     class IndexResponse(_message.Message):
-        __slots__ = ("status", "num_docs")
+        __slots__ = ("status", "num_docs", "doc_errors")
         STATUS_FIELD_NUMBER: _ClassVar[int]
         NUM_DOCS_FIELD_NUMBER: _ClassVar[int]
+        DOC_ERRORS_FIELD_NUMBER: _ClassVar[int]
         status: Response.Status
         num_docs: int
-        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., num_docs: _Optional[int] = ...) -> None: ...
+        doc_errors: _containers.RepeatedCompositeFieldContainer[DocError]
+        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., num_docs: _Optional[int] = ..., doc_errors: _Optional[_Iterable[_Union[DocError, _Mapping]]] = ...) -> None: ...
     class ControlResponse(_message.Message):
         __slots__ = ("status", "info_json")
         STATUS_FIELD_NUMBER: _ClassVar[int]

@@ -7,6 +7,7 @@ import numpy as np
 from ..config import load_component
 from ..encoder.base import BaseEncoder
 from ..encoder.chunks import encode_chunked
+from ..encoder.requests import TrainedState, encode_request, handles
 from ..proto import WireError, array_to_nd, doc_text, pb
 from .base import BaseService
 from .message import BodyType, Packet
@@ -30,6 +31,8 @@ class EncoderService(BaseService):
                 raise ValueError("the encoder needs --yaml_path, e.g. yaml/encoder-minilm.yml")
             self.encoder = load_component(self.config.yaml_path, BaseEncoder)
         self.encoder.start()
+        self._trained = TrainedState(self.encoder, self.config.dump_path, self.log)
+        self._trained.refresh()  # a trainable chain's stages saved in --dump_path (gnes/encoder/requests.py)
         self.log.info("encoder %s ready, %d dimensions", type(self.encoder).__name__, self.encoder.dim)
 
     def teardown(self) -> None:
@@ -60,7 +63,9 @@ class EncoderService(BaseService):
         named = self.config.model_name
         if named and kind in ("index", "train", "search") and not getattr(request, kind).index_name:
             getattr(request, kind).index_name = named  # a named model's own logical index (its dimension)
-        if kind == "search":
+        if handles(self.encoder, request):  # images, or trained stages: gnes/encoder/requests.py
+            encode_request(self.encoder, request, env, self._trained)
+        elif kind == "search":
             self._encode_query(request.search)
         else:
             self._encode_docs(getattr(request, kind))

@@ -3,6 +3,7 @@ with a reason the caller can act on, so nothing half-done is left behind."""
 
 from __future__ import annotations
 
+from ..image.decode import looks_like_image
 from ..proto import WireError, pb
 from .config import ServiceConfig
 
@@ -42,6 +43,8 @@ def _check_doc(i: int, doc: pb.Document, limit: int, needs_text: bool, measure: 
         size = len(doc.raw_text.encode("utf-8")) if measure else len(doc.raw_text)
     elif kind == "raw_bytes":
         size = len(doc.raw_bytes)
+    elif kind == "raw_image":
+        size = len(doc.raw_image.data)  # its shape and dtype are the image encoder's to check
     elif kind is None:
         size = sum(len(c.text.encode("utf-8")) for c in doc.chunks)
     else:
@@ -56,6 +59,10 @@ def _check_doc(i: int, doc: pb.Document, limit: int, needs_text: bool, measure: 
         try:
             doc.raw_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
+            # Image bytes (declared, or PNG/JPEG by their first bytes) are the image encoder's:
+            # it refuses a corrupt one on its own while the rest of the request goes on.
+            if doc.doc_type == pb.Document.IMAGE or looks_like_image(doc.raw_bytes):
+                return
             reason = f"raw_bytes is not UTF-8 text ({exc.reason} at byte {exc.start})"
             raise WireError(f"{_name(i, doc, what)}: {reason}") from None
 
