@@ -26,6 +26,10 @@ def _serve(args) -> int:  # type: ignore[no-untyped-def]
         from ..service.encoder import EncoderService
 
         service = EncoderService(config)
+    elif args.command == "preprocess":
+        from ..preprocessor.service import PreprocessService
+
+        service = PreprocessService(config)
     elif args.command == "index":
         from ..service.indexer import IndexerService
 
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     level = logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.command in ("proxy", "encode", "index", "frontend", "http"):
+    if args.command in ("proxy", "encode", "preprocess", "index", "frontend", "http"):
         return _serve(args)
     if args.command == "client":
         from .client import run as run_client
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from .indexes import run as run_indexes
 
         return run_indexes(args)
+    if args.command in ("model", "eval"):
+        from ..models.cli import run as run_model
+
+        return run_model(args)
     if args.command == "launch":
         from ..cluster.cli import run as run_launch
 

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .indexes import add_parser as add_indexes_parser
 
     add_indexes_parser(sub)
+    from ..models.cli import add_parser as add_model_parser  # `gnes model ...` and `gnes eval`
+
+    add_model_parser(sub)
     return parser
 
 

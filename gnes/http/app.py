@@ -17,6 +17,7 @@ from ..indexer.index_set import NO_SUCH_INDEX
 from ..proto import WireError, pb
 from ..service.validate import check_request
 from . import models as m
+from . import models_api
 from .batcher import PipelineError, QueueFull
 from .vectors_json import vectors_response
 
@@ -66,14 +67,20 @@ def create_app(service: HttpService) -> FastAPI:
 
     @read.post("/apply/{model}", response_model=m.ApplyOut)
     async def apply(model: str, body: m.TitleIn, request: Request) -> m.ApplyOut:
-        _check_model(service, model)
+        if _named(service, model):  # a model added with `gnes model add` (gnes/http/models_api.py)
+            rows = await models_api.embed_named(service, model, [_fit(service, body.title)])
+            return m.ApplyOut(model=model, embedding=rows[0].tolist())
         rows = await _embed(service, request, [body.title])
         return m.ApplyOut(model=model, embedding=rows[0].tolist())
 
     @read.post("/searchwith/{model}", response_model=m.SearchWithOut)
-    async def searchwith(model: str, body: m.TitleIn, top_k: int = 10) -> m.SearchWithOut:
-        _check_model(service, model)
-        search = m.SearchIn(text=body.title, top_k=max(1, min(top_k, 1000)))
+    async def searchwith(model: str, body: m.TitleIn, top_k: int = 10, index: str = "") -> m.SearchWithOut:
+        """index: another logical index than the model's own (one imported with `gnes model import-index`)."""
+        top_k = max(1, min(top_k, 1000))
+        if _named(service, model):
+            hits = await models_api.search_named(service, model, _fit(service, body.title), top_k, index)
+            return m.SearchWithOut(model=model, results=hits)
+        search = m.SearchIn(text=body.title, top_k=top_k, index=index)
         return m.SearchWithOut(model=model, results=(await _search(service, search)).results)
 
     @read.post("/search", response_model=m.SearchOut)
@@ -82,7 +89,7 @@ def create_app(service: HttpService) -> FastAPI:
 
     @admin.post("/index", response_model=m.IndexOut)
     async def index(body: m.IndexIn) -> m.IndexOut:
-        request = pb.Request()
+        request = pb.Request(model_name="" if not _named(service, body.model) else body.model)
         request.index.index_name = body.index
         for doc in body.documents:
             meta = json.dumps(doc.metadata) if doc.metadata is not None else ""
@@ -97,6 +104,7 @@ def create_app(service: HttpService) -> FastAPI:
 
     app.include_router(read)
     app.include_router(admin)
+    app.include_router(models_api.router)  # named models: admin, keyterms, instruction pairs
     # The ops engineer's routers (health, metrics, status; the search page) where they exist.
     if importlib.util.find_spec("gnes.metrics.prom") is not None:
         from ..metrics.http import MetricsMiddleware
@@ -112,9 +120,9 @@ def create_app(service: HttpService) -> FastAPI:
     return app
 
 
-def _check_model(service: HttpService, model: str) -> None:
-    if model not in (service.config.model_name, "default"):
-        raise HTTPException(404, f"no model named {model!r}: this service serves {service.config.model_name!r}")
+def _named(service: HttpService, model: str) -> bool:
+    """A named model (its own encoders and index), not the deployment's own one."""
+    return bool(model) and model not in (service.config.model_name, "default")
 
 
 def _fit(service: HttpService, text: str) -> str:

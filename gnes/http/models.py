@@ -58,7 +58,8 @@ class DocIn(_Body):
 
 class IndexIn(_Body):
     documents: list[DocIn] = Field(min_length=1)
-    index: str = Field("", description="logical index name; empty: the default index")
+    index: str = Field("", description="logical index name; empty: the default index (a named model's own index)")
+    model: str = Field("", description="a named model to encode with (see /models); empty: the default model")
 
 
 class IndexOut(BaseModel):

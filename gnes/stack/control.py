@@ -23,6 +23,7 @@ __all__ = ["STATE_FILE", "ControlError", "ControlServer", "request"]
 
 STATE_FILE = "stack.json"
 _MAX_LINE = 1 << 20
+_MODEL_OPS = ("model_add", "model_remove", "model_list")
 
 
 class ControlError(RuntimeError):
@@ -92,6 +93,10 @@ class ControlServer:
                 grace = message.get("stop_grace")
                 for service, count in dict(message.get("replicas") or {}).items():
                     self.stack.scale(str(service), int(count), None if grace is None else float(grace))
+            elif op in _MODEL_OPS:  # named models as services of the stack (gnes/models/stack_ops.py)
+                from gnes.models import stack_ops
+
+                return {"ok": True, **stack_ops.handle(self.stack, message), **self._status()}
             elif op != "status":
                 return {"ok": False, "error": f"unknown op {op!r}"}
         except Exception as exc:  # reported to the client; the stack keeps running

@@ -218,6 +218,16 @@ class LocalStack:
             self._forget({proc.name for proc in victims})
             return self.slots(service)
 
+    def add(self, specs: list[ProcessSpec]) -> None:
+        """Start new services (a named model's encoders, gnes/models/stack_ops.py) in the running stack;
+        they are ready on return, or stopped again and the reason raised."""
+        with self._scale_lock:
+            if not self._live:
+                raise RuntimeError("the stack is not running")
+            self._emit(f"adding {', '.join(spec.name for spec in specs)}")
+            self._prepare(specs)
+            self._start_ready(specs, time.monotonic() + self.start_timeout, on_failure_stop=True)
+
     def _scale_up(self, service: str, slots: list[int]) -> None:
         if self._replica_factory is None:
             raise RuntimeError("scaling up needs the stack file: create the stack with LocalStack.from_file")

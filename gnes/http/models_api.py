@@ -1,0 +1,187 @@
+"""The HTTP side of named models: model admin (add, list, status, remove), keyterms, instruction
+pairs, and the calls that /apply/{model}, /searchwith/{model} and /index make for a named model.
+
+A named model's requests go through the same pipeline session as everything else, with
+`Request.model_name` set: the map proxy hands them to that model's encoders, and a model that no
+encoder serves is answered at once with an error (404 here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from ..models.controller import Controller, ModelError, backend_from_env
+from ..proto import nd_to_array, pb
+from ..service.message import response_status
+from . import models as m
+from .auth import require_admin, require_read
+
+NO_MODEL = "no encoder serves the model"
+_CHUNK = 256  # texts per EMBED request when keyterms embed their candidates
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelIn(_Body):
+    name: StrictStr = Field(min_length=1, max_length=64)
+    path: StrictStr = Field("", description="a local sentence-transformers model directory")
+    plugin: StrictStr = Field("", description="a Python file defining get_embed_fn()")
+    package: StrictStr = Field("", description="an importable package defining get_embed_fn()")
+    replicas: int = Field(1, ge=1, le=32)
+
+
+class KeytermsIn(_Body):
+    sentences: list[StrictStr] = Field(min_length=1, max_length=64)
+    model: StrictStr = "default"
+    top_n: int = Field(5, ge=1, le=50)
+    diversity: float = Field(0.5, ge=0.0, le=1.0)
+    max_ngram: int = Field(2, ge=1, le=3)
+
+
+class Term(BaseModel):
+    term: str
+    score: float
+
+
+class KeytermsOut(BaseModel):
+    model: str
+    keyterms: list[list[Term]]
+
+
+class EmbedWithIn(_Body):
+    sentences: list[StrictStr | tuple[StrictStr, StrictStr]] = Field(
+        min_length=1, description="texts, or [instruction, text] pairs for a model that takes them"
+    )
+
+
+class EmbedWithOut(BaseModel):
+    model: str
+    embeddings: list[list[float]]
+
+
+router = APIRouter(tags=["models"])
+admin = [Depends(require_admin)]
+read = [Depends(require_read)]
+
+
+def controller(request: Request) -> Controller:
+    state = request.app.state
+    if getattr(state, "controller", None) is None:
+        state.controller = Controller(state.session, backend_from_env())
+    return state.controller
+
+
+def _raise(exc: ModelError) -> None:
+    raise HTTPException(exc.status, str(exc)) from None
+
+
+@router.post("/models", dependencies=admin, status_code=201, summary="add a named model to the running deployment")
+async def add_model(body: ModelIn, request: Request) -> dict[str, Any]:
+    source = {"path": body.path, "plugin": body.plugin, "package": body.package}
+    try:
+        return await controller(request).add(body.name, source, body.replicas)
+    except ModelError as exc:
+        _raise(exc)
+
+
+@router.get("/models", dependencies=admin, summary="the named models and their services")
+async def list_models(request: Request) -> dict[str, Any]:
+    try:
+        return await controller(request).list()
+    except ModelError as exc:
+        _raise(exc)
+
+
+@router.get("/models/{name}", dependencies=admin, summary="one model: services, dimension, whether it answers")
+async def model_status(name: str, request: Request) -> dict[str, Any]:
+    try:
+        return await controller(request).status(name)
+    except ModelError as exc:
+        _raise(exc)
+
+
+@router.delete("/models/{name}", dependencies=admin, summary="stop a model's services (its index is kept)")
+async def remove_model(name: str, request: Request) -> dict[str, Any]:
+    try:
+        return await controller(request).remove(name)
+    except ModelError as exc:
+        _raise(exc)
+
+
+@router.post("/embedwith/{model}", dependencies=read, response_model=EmbedWithOut)
+async def embed_with(model: str, body: EmbedWithIn, request: Request) -> EmbedWithOut:
+    rows = await embed_named(request.app.state.service, _model_name(request, model), body.sentences)
+    return EmbedWithOut(model=model, embeddings=rows.tolist())
+
+
+@router.post("/keyterms", dependencies=read, response_model=KeytermsOut)
+async def keyterms(body: KeytermsIn, request: Request) -> KeytermsOut:
+    from ..models.keyterms import extract_keyterms
+
+    service, loop = request.app.state.service, asyncio.get_running_loop()
+    name = _model_name(request, body.model)
+
+    def embed(texts: list[str]) -> np.ndarray:  # KeyBERT runs in a worker thread; the pipeline in the loop
+        parts = [
+            asyncio.run_coroutine_threadsafe(embed_named(service, name, texts[i : i + _CHUNK]), loop).result()
+            for i in range(0, len(texts), _CHUNK)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+
+    try:
+        ngrams = (1, body.max_ngram)
+        found = await asyncio.to_thread(extract_keyterms, body.sentences, embed, body.top_n, ngrams, body.diversity)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return KeytermsOut(model=body.model, keyterms=[[Term(term=t, score=s) for t, s in terms] for terms in found])
+
+
+def _model_name(request: Request, model: str) -> str:
+    """The pipeline's name of a model: "" for the deployment's own one."""
+    own = request.app.state.service.config.model_name
+    return "" if model in ("default", own) else model
+
+
+async def embed_named(service: Any, model: str, items: list[Any]) -> np.ndarray:
+    """Embed texts (or [instruction, text] pairs) with a model, bypassing the default model's batcher."""
+    request = pb.Request(model_name=model)
+    for i, item in enumerate(items):
+        instruction, text = (item[0], item[1]) if isinstance(item, (tuple, list)) else ("", item)
+        if not text.strip():
+            raise HTTPException(422, f"text {i} is empty")
+        request.embed.docs.add(doc_id=i, raw_text=text, instruction=instruction)
+    response = await call_named(service, request, model)
+    return nd_to_array(response.embed.embeddings)
+
+
+async def search_named(service: Any, model: str, text: str, top_k: int, index: str = "") -> list[m.Hit]:
+    request = pb.Request(model_name=model)
+    request.search.query.raw_text = text
+    request.search.top_k = top_k
+    request.search.index_name = index
+    response = await call_named(service, request, model)
+    hits = []
+    for result in response.search.topk_results:
+        doc = result.doc
+        meta = json.loads(doc.meta_json) if doc.meta_json else None
+        hits.append(m.Hit(id=doc.doc_id, score=result.score.value, text=doc.raw_text, metadata=meta))
+    return hits
+
+
+async def call_named(service: Any, request: pb.Request, model: str) -> pb.Response:
+    response = await (await service.session.submit(request))
+    if response.error or response_status(response) == pb.Response.ERROR:
+        if NO_MODEL in response.error:
+            raise HTTPException(404, response.error)
+        if "does not take [instruction, text] pairs" in response.error or "no index named" in response.error:
+            raise HTTPException(422 if "pairs" in response.error else 404, response.error)
+        raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
+    return response
