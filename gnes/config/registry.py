@@ -11,6 +11,11 @@ COMPONENT_CLASSES: dict[str, str] = {
     "SentenceTransformerEncoder": "gnes.encoder.text:SentenceTransformerEncoder",
     "HashEncoder": "gnes.encoder.hash:HashEncoder",
     "ImageEncoder": "gnes.encoder.image:ImageEncoder",
+    # preprocessors (gnes preprocess): documents into chunks
+    "SentenceSplitter": "gnes.preprocessor.text:SentenceSplitter",
+    "SlidingWindowSplitter": "gnes.preprocessor.text:SlidingWindowSplitter",
+    "ImageCropper": "gnes.preprocessor.image:ImageCropper",
+    "FrameSampler": "gnes.preprocessor.frames:FrameSampler",
     "IndexConfig": "gnes.indexer.config:IndexConfig",
     # the name of the original GNES's faiss indexer tag
     "FaissIndexer": "gnes.indexer.config:IndexConfig",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from ..indexer.chunks import attach_chunks, write_chunks
 from ..indexer.index_set import IndexSet
 from ..placement import Placement
 from ..proto import array_to_nd, pb
@@ -230,6 +231,7 @@ class ShardLink:
         from ..service.indexer import index_batch
 
         indexes.get(name).add_many([index_batch(request.index)])
+        write_chunks(indexes.get(name), request.index)
         self._dirty = True
         self.moved_in += len(request.index.docs)
         self.send([link.MOVED, link.pack({"source": info["source"], "seq": info["seq"]})])
@@ -282,4 +284,5 @@ def _move_request(index, name: str, ids: np.ndarray) -> pb.Request | None:  # ty
         text, meta = docs[i]
         request.index.docs.add(doc_id=int(ids[i]), raw_text=text, meta_json=meta, doc_type=pb.Document.TEXT)
     array_to_nd(vectors[keep], request.index.embeddings)
+    attach_chunks(index, request)  # a document moves with its chunks
     return request

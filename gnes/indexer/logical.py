@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .checks import check_doc_ids, check_strings, check_top_k, check_vectors, last_occurrence
+from .chunks import ChunkIndex
 from .config import IndexConfig
 from .meta_filter import MetaFilter, parse_meta
 from .store import IndexStore
@@ -57,6 +58,7 @@ class LogicalIndex:
             self.vectors = VectorIndex(config)
             self.filter = MetaFilter()
             self._snapshot_seq = 0
+            self.chunks = ChunkIndex(name, config, directory)  # its chunk vectors, if any
             self._recover()
         except BaseException:
             self.store.close()
@@ -187,6 +189,7 @@ class LogicalIndex:
         _, existed = self.store.delete(np.asarray(ids))
         self.vectors.remove(existed)
         self.filter.remove(existed.tolist())
+        self.chunks.remove_docs(existed)
         return len(existed)
 
     # ---- reads -------------------------------------------------------------------------
@@ -266,12 +269,14 @@ class LogicalIndex:
     def poll(self) -> None:
         """Called often by the owner: swaps in a finished background training, then saves it
         so that a restart does not train again."""
+        self.chunks.poll()
         if self.vectors.poll():
             self.save()
 
     def save(self) -> None:
         """Write a snapshot if anything changed since the last one (trained indexes only:
         until then the store alone rebuilds the exact buffer)."""
+        self.chunks.save()
         if self.directory is None or self.store.last_seq == self._snapshot_seq:
             return
         snapshot = self.vectors.snapshot()
@@ -304,6 +309,7 @@ class LogicalIndex:
             if save:
                 self.save()
         finally:
+            self.chunks.close(save)
             self.vectors.close()
             self.store.close()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ import zmq
 
 from ..config import load_component
 from ..elastic.shard_link import ShardLink, resolve_shard_id
+from ..indexer.chunk_rank import add_evidence, reduce_mode, search_chunks
+from ..indexer.chunks import write_chunks
 from ..indexer.config import DEFAULT_INDEX, IndexConfig
 from ..indexer.index_set import IndexSet
 from ..indexer.logical import Batch, LogicalIndex
@@ -241,6 +244,11 @@ class IndexerService(BaseService):
         answers = []
         for (packet, request), item in zip(run, checked, strict=True):
             outcome = item if isinstance(item, Exception) else next(written)
+            if not isinstance(outcome, Exception):
+                try:
+                    write_chunks(self.indexes.get(request.index.index_name), request.index)
+                except (ValueError, WireError) as exc:  # the documents are stored, their chunks not
+                    outcome = exc
             if isinstance(outcome, Exception):
                 answers.append(self._error(packet, outcome))
                 continue
@@ -282,7 +290,10 @@ class IndexerService(BaseService):
         index = self.indexes.get(body.index_name)
         queries = np.asarray(nd_to_array(body.embedding), dtype=np.float32)
         batch = queries.ndim == 2  # a [q, d] batch from a vector client; else one query
-        results = index.search(
+        # Chunk vectors ranked into documents where the index holds chunks (gnes/indexer/chunk_rank.py).
+        mode = reduce_mode(index, body.chunk_reduce)
+        search = partial(search_chunks, index, mode=mode) if mode else index.search
+        results = search(
             queries if batch else queries.reshape(1, -1),
             int(body.top_k),
             nprobe=body.nprobe or None,
@@ -302,6 +313,7 @@ class IndexerService(BaseService):
                 if hit.vector is not None:
                     result.doc.embedding.CopyFrom(array_to_nd(hit.vector))
                 result.score.value = hit.score
+                add_evidence(result, hit, mode)
             if batch:
                 out.result_counts.append(len(hits))
         out.status = pb.Response.SUCCESS
