@@ -7,7 +7,6 @@ import numpy as np
 from ..config import load_component
 from ..encoder.base import BaseEncoder
 from ..encoder.chunks import encode_chunked
-from ..encoder.chunks import encode_chunked
 from ..encoder.requests import TrainedState, encode_request, handles
 from ..proto import WireError, array_to_nd, doc_text, pb
 from .base import BaseService
@@ -75,8 +74,6 @@ class EncoderService(BaseService):
 
     def _encode_docs(self, body: pb.Request.IndexRequest | pb.Request.TrainRequest | pb.Request.EmbedRequest) -> None:
         if body.HasField("embeddings"):  # vectors given by the caller (bulk load): nothing to encode
-            return
-        if encode_chunked(self.encoder, body):  # chunks from a preprocessor: gnes/encoder/chunks.py
             return
         if encode_chunked(self.encoder, body):  # chunks from a preprocessor: gnes/encoder/chunks.py
             return
