@@ -11,6 +11,9 @@ COMPONENT_CLASSES: dict[str, str] = {
     "SentenceTransformerEncoder": "gnes.encoder.text:SentenceTransformerEncoder",
     "HashEncoder": "gnes.encoder.hash:HashEncoder",
     "ImageEncoder": "gnes.encoder.image:ImageEncoder",
+    # an encoder followed by trained vector stages (--mode TRAIN, --dump_path)
+    "EncoderChain": "gnes.encoder.chain:EncoderChain",
+    "PCAEncoder": "gnes.encoder.pca:PCAEncoder",
     # preprocessors (gnes preprocess): documents into chunks
     "SentenceSplitter": "gnes.preprocessor.text:SentenceSplitter",
     "SlidingWindowSplitter": "gnes.preprocessor.text:SlidingWindowSplitter",
