@@ -97,7 +97,8 @@ def test_a_model_added_live_indexes_and_searches_while_the_default_answers(runni
 def test_keyterms_of_five_lee_documents_come_from_the_text_and_are_distinct(running) -> None:  # type: ignore[no-untyped-def]
     _, client, _ = running
     docs = _docs()[:5]
-    got = client.post("/keyterms", json={"sentences": docs, "top_n": 5}, timeout=300)
+    # single words: fewer candidates to embed on 2 shared cores (bigrams are the service's default)
+    got = client.post("/keyterms", json={"sentences": docs, "top_n": 5, "max_ngram": 1}, timeout=300)
     assert got.status_code == 200, got.text
     found = got.json()["keyterms"]
     assert len(found) == 5
@@ -117,6 +118,42 @@ def test_instruction_pairs_to_a_model_that_does_not_take_them_are_refused(runnin
     assert got.status_code == 422 and "does not take [instruction, text] pairs" in got.json()["detail"], got.text
     got = client.post("/embedwith/default", json={"sentences": ["plain text", "another"]})
     assert got.status_code == 200 and np.array(got.json()["embeddings"]).shape == (2, 384), got.text
+
+
+def test_a_users_faiss_index_gives_the_same_neighbours_through_gnes_as_faiss(running, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import faiss
+
+    _, client, _ = running
+    docs = _docs()
+
+    def embed(texts: list[str]) -> np.ndarray:  # the vectors a user would have made with the same model
+        got = client.post("/embed", json={"sentences": texts})
+        assert got.status_code == 200, got.text
+        return np.array(got.json()["embeddings"], dtype=np.float32)
+
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(384))
+    faiss_ids = np.arange(len(docs), dtype=np.int64) * 10 + 7
+    index.add_with_ids(embed(docs), faiss_ids)
+    faiss.write_index(index, str(tmp_path / "user.faiss"))
+    doc_of = {int(f): 90_000 + 3 * i for i, f in enumerate(faiss_ids)}
+    (tmp_path / "map.csv").write_text("".join(f"{f},{d}\n" for f, d in doc_of.items()))
+    body = {"name": "user-news", "faiss_path": str(tmp_path / "user.faiss"), "map_path": str(tmp_path / "map.csv")}
+    got = client.post("/indexes/import", json={**body, "model": "default"}, timeout=300)
+    assert got.status_code == 201, got.text
+    assert (got.json()["count"], got.json()["dim"], got.json()["metric"]) == (len(docs), 384, "ip")
+    assert client.post("/indexes/import", json=body).status_code == 409  # it exists now
+    for query in ("bushfires near Sydney", docs[4].split(". ")[0], "interest rates and the economy"):
+        scores, ids = index.search(embed([query]), 5)
+        got = client.post("/searchwith/default", json={"title": query}, params={"top_k": 5, "index": "user-news"})
+        assert got.status_code == 200, got.text
+        hits = got.json()["results"]
+        assert [hit["id"] for hit in hits] == [doc_of[int(f)] for f in ids[0]], query
+        np.testing.assert_allclose([hit["score"] for hit in hits], scores[0], atol=1e-4)
+    # a map or dimension that does not fit is refused, naming the file
+    (tmp_path / "short.csv").write_text("7,1\n")
+    bad = {**body, "name": "user-bad", "map_path": str(tmp_path / "short.csv")}
+    got = client.post("/indexes/import", json=bad)
+    assert got.status_code == 422 and "short.csv does not cover 29 of the 30 ids" in got.text, got.text
 
 
 def test_the_cli_lists_and_reports_then_removes_and_the_default_is_unaffected(running, capsys) -> None:  # type: ignore[no-untyped-def]

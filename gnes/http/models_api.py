@@ -17,13 +17,14 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ..models.controller import Controller, ModelError, backend_from_env
-from ..proto import nd_to_array, pb
+from ..proto import array_to_nd, nd_to_array, pb
 from ..service.message import response_status
 from . import models as m
 from .auth import require_admin, require_read
 
 NO_MODEL = "no encoder serves the model"
 _CHUNK = 256  # texts per EMBED request when keyterms embed their candidates
+_IMPORT_BATCH = 1000  # documents per INDEX request of an imported faiss index
 
 
 class _Body(BaseModel):
@@ -60,6 +61,14 @@ class EmbedWithIn(_Body):
     sentences: list[StrictStr | tuple[StrictStr, StrictStr]] = Field(
         min_length=1, description="texts, or [instruction, text] pairs for a model that takes them"
     )
+
+
+class ImportIn(_Body):
+    name: StrictStr = Field(min_length=1, max_length=64, description="the logical index to create")
+    faiss_path: StrictStr = Field(min_length=1, description="a faiss index file on the HTTP service's host")
+    map_path: StrictStr = Field(min_length=1, description="faiss id -> document id: JSON or CSV")
+    model: StrictStr = Field("default", description="the model whose queries search it: its dimension must match")
+    metric: StrictStr = Field("", description="ip or l2: must be the index's own metric")
 
 
 class EmbedWithOut(BaseModel):
@@ -114,6 +123,38 @@ async def remove_model(name: str, request: Request) -> dict[str, Any]:
         return await controller(request).remove(name)
     except ModelError as exc:
         _raise(exc)
+
+
+@router.post("/indexes/import", dependencies=admin, status_code=201, summary="a faiss index file as a logical index")
+async def import_index(body: ImportIn, request: Request) -> dict[str, Any]:
+    """The vectors of a faiss index built elsewhere, under the document ids its map gives, stored as a
+    new logical index (gnes/indexer/imported.py); search it with /searchwith/{model}?index=NAME."""
+    from ..indexer.imported import load_faiss_index
+
+    service = request.app.state.service
+    model = _model_name(request, body.model)
+    try:
+        dim = await controller(request).probe(model, 10.0) if model else service.model_dim
+        rows = await asyncio.to_thread(load_faiss_index, body.faiss_path, body.map_path, dim, body.metric.lower())
+    except (ModelError, ValueError) as exc:
+        raise HTTPException(getattr(exc, "status", 422), str(exc)) from None
+    create = pb.Request(model_name=model)
+    create.admin.command = pb.Request.AdminRequest.CREATE
+    create.admin.index_name = body.name
+    create.admin.config_json = json.dumps({"dim": rows.dim, "metric": rows.metric, "index_type": "flat"})
+    response = await (await service.session.submit(create))
+    if response.error or response_status(response) == pb.Response.ERROR:
+        raise HTTPException(409, f"index {body.name!r} could not be created: {response.error}")
+    for start in range(0, len(rows.doc_ids), _IMPORT_BATCH):
+        part = pb.Request(model_name=model)
+        part.index.index_name = body.name
+        for i in range(start, min(start + _IMPORT_BATCH, len(rows.doc_ids))):
+            doc = part.index.docs.add(doc_id=int(rows.doc_ids[i]))
+            if rows.texts[i]:
+                doc.raw_text = rows.texts[i]
+        array_to_nd(rows.vectors[start : start + _IMPORT_BATCH], part.index.embeddings)
+        await call_named(service, part, model)
+    return {"name": body.name, "count": len(rows.doc_ids), "dim": rows.dim, "metric": rows.metric, "model": body.model}
 
 
 @router.post("/embedwith/{model}", dependencies=read, response_model=EmbedWithOut)
