@@ -12,15 +12,21 @@ raw float16 file. Each gnes run loads a fresh flat L2 index into N shard process
   float32 .npy and float16 raw;
 - the same with `store_sync: false` in the index configuration (no fsync per write);
 - IndexClient.add_stream called in this process with the same batches;
-- faiss IndexFlatL2.add in this process, batch by batch from the same memory-mapped file.
+- faiss IndexFlatL2.add in this process, batch by batch from the same memory-mapped file;
+- the disk: the bytes the shards store for these vectors (float32 rows, as the store keeps
+  them) written to a temporary file in the shards' directory in 1 MiB writes and fdatasync'd
+  at the end, like `dd conv=fdatasync`.
 
-    python bench/bulk_load.py [--shards 2] [--repeat 2] [--batch_size 10000] [--max_in_flight 8]
+The limit is the slower of faiss and the disk; every gnes rate is also given as a ratio to it.
+
+    python bench/bulk_load.py [--shards 2] [--repeat 2] [--batch_size 10000] [--max_in_flight 8] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -67,6 +73,25 @@ def faiss_rate(npy: Path, batch_size: int) -> float:
     return len(vectors) / elapsed
 
 
+def disk_rate(workdir: Path, rows: int, row_bytes: int) -> float:
+    """Rows per second the disk takes, written in 1 MiB blocks and fdatasync'd once at the end."""
+    block = np.random.default_rng(0).bytes(1 << 20)
+    total = rows * row_bytes
+    path = workdir / "disk-rate.tmp"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        started = time.perf_counter()
+        written = 0
+        while written < total:
+            written += os.write(descriptor, block[: min(len(block), total - written)])
+        os.fdatasync(descriptor)
+        elapsed = time.perf_counter() - started
+    finally:
+        os.close(descriptor)
+        path.unlink()
+    return rows / elapsed
+
+
 def gnes_load_rate(shards: LocalShards, name: str, config: Path, args: argparse.Namespace, *files: str) -> float:
     cmd = [sys.executable, "-m", "gnes", "load", *files, "--index", name, "--create", str(config), "--quiet"]
     cmd += ["--shards", shards.addresses, "--batch_size", str(args.batch_size)]
@@ -92,8 +117,9 @@ def add_stream_rate(client: object, name: str, npy: Path, dim: int, args: argpar
     return loaded / elapsed
 
 
-def report(label: str, rate: float, base: float) -> None:
-    print(f"{label:<38} {rate:>12,.0f} vectors/s   {rate / base:.4f} of faiss", flush=True)
+def report(label: str, rate: float, base: float, limit: float, quiet: bool) -> None:
+    if not quiet:
+        print(f"{label:<38} {rate:>12,.0f} vectors/s   {rate / base:.4f} of faiss   {rate / limit:.4f} of the limit")
 
 
 def main() -> None:
@@ -102,7 +128,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="copies of the 60,000 training images")
     parser.add_argument("--batch_size", type=int, default=10000, help="vectors per request")
     parser.add_argument("--max_in_flight", type=int, default=8, help="requests in flight")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
+    quiet = args.json
 
     from gnes.client import IndexClient
 
@@ -113,9 +141,25 @@ def main() -> None:
         config.write_text(json.dumps({"dim": dim, "metric": "l2", "index_type": "flat"}))
         no_sync = workdir / "flat-nosync.json"
         no_sync.write_text(json.dumps({"dim": dim, "metric": "l2", "index_type": "flat", "store_sync": False}))
-        print(f"{rows} vectors of dim {dim}, batches of {args.batch_size}, {args.shards} shards")
         base = faiss_rate(npy, args.batch_size)
-        print(f"{'faiss IndexFlatL2.add, one process':<38} {base:>12,.0f} vectors/s")
+        disk = disk_rate(workdir, rows, dim * 4)
+        limit = min(base, disk)
+        result: dict[str, object] = {
+            "rows": rows,
+            "dim": dim,
+            "shards": args.shards,
+            "batch_size": args.batch_size,
+            "faiss_add_per_s": round(base),
+            "disk_fdatasync_per_s": round(disk),
+            "limit_per_s": round(limit),
+            "loadavg_1m": os.getloadavg()[0],
+        }
+        if not quiet:
+            print(f"{rows} vectors of dim {dim}, batches of {args.batch_size}, {args.shards} shards")
+            print(f"{'faiss IndexFlatL2.add, one process':<38} {base:>12,.0f} vectors/s")
+            print(f"{'disk, float32 rows, fdatasync':<38} {disk:>12,.0f} vectors/s ({disk * dim * 4 / 1e6:,.0f} MB/s)")
+            print(f"{'limit (the slower of the two)':<38} {limit:>12,.0f} vectors/s")
+        rates: dict[str, float] = {}
         with LocalShards(args.shards, workdir) as shards, IndexClient(addresses=shards.addresses) as client:
             loads = [
                 ("f32", "gnes load, float32 .npy", config, [str(npy)]),
@@ -123,12 +167,20 @@ def main() -> None:
                 ("nosync", "gnes load, float32, store_sync false", no_sync, [str(npy)]),
             ]
             for name, label, config_path, files in loads:
-                report(label, gnes_load_rate(shards, name, config_path, args, *files), base)
-            report("IndexClient.add_stream, float32", add_stream_rate(client, "stream", npy, dim, args), base)
+                rates[name] = gnes_load_rate(shards, name, config_path, args, *files)
+                report(label, rates[name], base, limit, quiet)
+            rates["stream"] = add_stream_rate(client, "stream", npy, dim, args)
+            report("IndexClient.add_stream, float32", rates["stream"], base, limit, quiet)
             for name in ("f32", "f16", "nosync", "stream"):
                 count = client.count(name)
                 assert count == rows, (name, count, rows)
                 client.drop_index(name)
+        for name, rate in rates.items():
+            result[f"{name}_per_s"] = round(rate)
+            result[f"{name}_of_limit"] = round(rate / limit, 4)
+            result[f"{name}_of_faiss"] = round(rate / base, 4)
+        if quiet:
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

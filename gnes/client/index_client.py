@@ -286,9 +286,17 @@ class IndexClient:
             request = pb.Request()
             body = request.index
             body.index_name = name
-            body.embeddings.CopyFrom(array_to_nd(vectors[rows]))
+            # Straight into the message (CopyFrom would copy the bytes a second time); one
+            # shard's rows are one slice when the placement gives it all of them.
+            array_to_nd(vectors if len(rows) == len(ids) else vectors[rows], out=body.embeddings)
+            docs = body.docs
+            if texts is None and metas is None:
+                for doc_id in ids[rows].tolist():
+                    docs.add(doc_id=doc_id)
+                parts.append((shard, request))
+                continue
             for row in rows.tolist():
-                doc = body.docs.add(doc_id=int(ids[row]))
+                doc = docs.add(doc_id=int(ids[row]))
                 if texts is not None and texts[row]:
                     doc.raw_text = texts[row]
                 if metas is not None and metas[row] is not None:

@@ -46,6 +46,7 @@ _FIELDS = (
     "ef_search",
     "ef_construction",
     "store_sync",
+    "store_dtype",
 )
 
 
@@ -59,6 +60,9 @@ class IndexConfig(Component):
     `nprobe` / `ef_search` are defaults that every query may override.
     `store_sync: false` skips the fsync per write: faster, but a machine crash (not a
     process crash) can lose the last acknowledged writes.
+    `store_dtype: float16` keeps the stored vectors (the segment file) in half precision:
+    half the bytes to write per vector; faiss still gets float32 (use an SQfp16 factory to
+    halve its memory too), and vectors read back are the float16 values widened.
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class IndexConfig(Component):
         ef_search: int | None = None,
         ef_construction: int | None = None,
         store_sync: bool = True,
+        store_dtype: str = "float32",
         # accepted so that configs of the first gnes indexer keep loading
         index_factory: str = "",
     ) -> None:
@@ -109,6 +114,7 @@ class IndexConfig(Component):
         self.ef_search = check_optional_int("ef_search", ef_search, minimum=1)
         self.ef_construction = check_optional_int("ef_construction", ef_construction, minimum=1)
         self.store_sync = check_bool("store_sync", store_sync)
+        self.store_dtype = check_str("store_dtype", store_dtype, ("float32", "float16"))
         if self.index_type == "ivf_pq" and not factory and self.dim % self.pq_m:
             raise ValueError(f"pq_m ({pq_m}) must divide dim ({dim})")
 

@@ -31,6 +31,7 @@ from .vectors import TRAINED, VectorIndex
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, SNAPSHOT_FILE, STORE_DIR = "config.json", "snapshot.json", "store"
+_NO_META: dict[str, Any] = {}  # shared by every document without metadata; never changed
 # One write: ids, vectors [n, dim], texts (or None), metadata JSON strings (or None).
 Batch = tuple[np.ndarray | Sequence[int], np.ndarray, Sequence[str] | None, Sequence[str] | None]
 
@@ -53,12 +54,15 @@ class LogicalIndex:
         self.config = config
         self.directory = directory
         store_path = directory / STORE_DIR if directory is not None else None
-        self.store = IndexStore(store_path, config.dim, sync=config.store_sync)
+        self.store = IndexStore(store_path, config.dim, sync=config.store_sync, dtype=config.store_dtype)
         try:
             self.vectors = VectorIndex(config)
             self.filter = MetaFilter()
             self._snapshot_seq = 0
             self.chunks = ChunkIndex(name, config, directory)  # its chunk vectors, if any
+            # What the last open cost: ids re-added from the log after the snapshot, and
+            # vectors re-added from the store alone (no snapshot). Tests bound the first.
+            self.replayed = self.rebuilt = 0
             self._recover()
         except BaseException:
             self.store.close()
@@ -91,6 +95,7 @@ class LogicalIndex:
         if snapshot is None:
             for ids, vectors in self.store.iter_vectors():
                 self.vectors.add(ids, vectors)
+                self.rebuilt += len(ids)
             return
         index, arrays, seq = snapshot
         self.vectors.restore(index, arrays)
@@ -100,6 +105,7 @@ class LogicalIndex:
             self.vectors.remove(touched)
             found_vectors, found = self.store.get_vectors(touched)
             self.vectors.add(touched[found], found_vectors[found])
+            self.replayed = len(touched)
             log.info("index %s: replayed %d ids written after snapshot %d", self.name, len(touched), seq)
 
     def _read_snapshot(self) -> tuple[Any, dict[str, np.ndarray], int] | None:
@@ -158,10 +164,25 @@ class LogicalIndex:
                 id_array, vectors = id_array[keep], vectors[keep]
                 text_list, meta_list = [text_list[i] for i in keep], [meta_list[i] for i in keep]
                 parsed = [parsed[i] for i in keep]
-        self.store.put(id_array, vectors, text_list, meta_list)
-        self.vectors.add(id_array, vectors)
+        added = []
+
+        def add_vectors() -> None:  # runs while the store's disk write is under way
+            self.vectors.add(id_array, vectors)
+            added.append(True)
+
+        try:
+            self.store.put(id_array, vectors, text_list, meta_list, meanwhile=add_vectors)
+        except BaseException:
+            if added:  # nothing was committed: faiss must show the stored state again
+                self._restore_vectors(id_array)
+            raise
         self.filter.update(id_array.tolist(), parsed)
         return outcomes
+
+    def _restore_vectors(self, ids: np.ndarray) -> None:
+        self.vectors.remove(ids)
+        stored, found = self.store.get_vectors(ids)
+        self.vectors.add(ids[found], stored[found])
 
     def _check_batch(
         self,
@@ -177,7 +198,7 @@ class LogicalIndex:
             raise ValueError(f"got {len(id_array)} ids but {len(vectors)} vectors")
         text_list = [""] * len(id_array) if texts is None else check_strings(texts, len(id_array), "texts")
         meta_list = [""] * len(id_array) if metas is None else check_strings(metas, len(id_array), "metas")
-        parsed = [parse_meta(meta) for meta in meta_list]
+        parsed = [parse_meta(meta) if meta else _NO_META for meta in meta_list]
         keep = last_occurrence(id_array)
         if len(keep) < len(id_array):
             id_array, vectors = id_array[keep], vectors[keep]

@@ -1,31 +1,41 @@
-"""The durable half of a logical index: documents, their vectors and a change log, in LMDB.
+"""The durable half of a logical index: documents, vectors and a change log.
 
-Every write is one LMDB transaction that stores the documents and vectors *and* appends
-a change-log record (sequence number -> ids touched). With `sync=True` the commit is
-fsynced before `put`/`delete` return, so a caller may acknowledge the write: this is the
-write-ahead log. The faiss index is only a cache of the vectors that is snapshotted now
-and then; on restart, the ids touched after the snapshot's sequence number are replayed
-from here. A `kill -9` at any moment therefore loses nothing that was acknowledged, and
-replay is idempotent (an id is re-read from its final state), so nothing is duplicated.
-Values are a small self-made format: reading them never runs code (unlike pickle).
+Vectors are rows of an append-only segment file (gnes/indexer/segment.py); LMDB holds the
+documents, id -> row number, the number of committed rows, and the change log. Every write
+is one LMDB transaction that stores the documents and row numbers *and* appends a change-log
+record (sequence number -> ids touched); the rows were written (and fdatasync'd) to the
+segment file just before, while the caller did its own work (`put(meanwhile=...)`). With
+`sync=True` both are on disk before `put`/`delete` return, so a caller may acknowledge the
+write: this is the write-ahead log. The faiss index is only a cache of the vectors that is
+snapshotted now and then; on restart, the ids touched after the snapshot's sequence number
+are replayed from here. A `kill -9` at any moment therefore loses nothing that was
+acknowledged (rows past the committed count are cut off at open), and replay is idempotent
+(an id is re-read from its final state), so nothing is duplicated. Values are a small
+self-made format: reading them never runs code (unlike pickle).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .checks import check_doc_ids, check_strings
+from .segment import DTYPES, SegmentFile
 
 _DOC_VERSION = b"\x01"
 _HEADER = 5
 _OP_PUT, _OP_DELETE = b"P", b"D"
 _MAX_MAP_BYTES = 1 << 40
+_COMMITTED, _DTYPE = b"committed", b"dtype"
+# Below this many bytes a write goes to the segment file at once: a thread would cost more.
+_OVERLAP_BYTES = 1 << 20
 
 
 def _import_lmdb() -> Any:
@@ -37,8 +47,13 @@ def _import_lmdb() -> Any:
 
 
 def encode_doc(text: str, meta_json: str) -> bytes:
+    if not text and not meta_json:
+        return _EMPTY_DOC
     text_bytes = text.encode()
     return b"".join((_DOC_VERSION, len(text_bytes).to_bytes(4, "big"), text_bytes, meta_json.encode()))
+
+
+_EMPTY_DOC = _DOC_VERSION + bytes(4)
 
 
 def decode_doc(value: bytes) -> tuple[str, str]:
@@ -59,60 +74,132 @@ def _seq_key(seq: int) -> bytes:
 
 
 class IndexStore:
-    """doc id -> (text, meta_json) and doc id -> float32 vector, plus the change log.
+    """doc id -> (text, meta_json) and doc id -> vector (float32 or float16 rows), plus the change log.
 
     `path=None` keeps the store in a temporary directory removed by `close()`.
     Not thread-safe: one shard's loop thread owns it.
     """
 
-    def __init__(self, path: Path | None, dim: int, sync: bool = True, map_size_mb: int = 256) -> None:
+    def __init__(
+        self, path: Path | None, dim: int, sync: bool = True, map_size_mb: int = 256, dtype: str = "float32"
+    ) -> None:
         self.dim = dim
         self._sync = sync
         self._temp_dir: Path | None = None
         lmdb = _import_lmdb()
+        if dtype not in DTYPES:
+            raise ValueError(f"store_dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if path is None:
             self._temp_dir = Path(tempfile.mkdtemp(prefix="gnes-index-"))
             path = self._temp_dir
         path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path), map_size=map_size_mb << 20, sync=sync, max_dbs=4)
+        self._env = lmdb.open(str(path), map_size=map_size_mb << 20, sync=sync, max_dbs=5)
         self._docs = self._env.open_db(b"docs")
-        self._vecs = self._env.open_db(b"vectors")
+        self._rows = self._env.open_db(b"rows")
         self._log = self._env.open_db(b"log")
+        self._meta = self._env.open_db(b"meta")
         with self._env.begin() as txn:
             cursor = txn.cursor(db=self._log)
             self._seq = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
-            self._count = int(txn.stat(self._vecs)["entries"])
+            committed = int.from_bytes(txn.get(_COMMITTED, b"", db=self._meta), "little")
+            stored_dtype = bytes(txn.get(_DTYPE, dtype.encode(), db=self._meta)).decode()
+        if stored_dtype != dtype:
+            raise ValueError(f"{path}: the store holds {stored_dtype} vectors, the configuration asks for {dtype}")
+        seg_path = path / f"vectors-{dtype}.seg"
+        new_file = not seg_path.exists()
+        self._segment = SegmentFile(seg_path, dim, dtype, committed, sync=sync)
+        if new_file and sync:
+            _fsync_dir(path)  # the file itself must survive a machine crash, not only its rows
+        self._write(lambda txn: txn.put(_DTYPE, dtype.encode(), db=self._meta))
+        self._migrate_lmdb_vectors()
+        with self._env.begin() as txn:
+            self._count = int(txn.stat(self._rows)["entries"])
+
+    def _migrate_lmdb_vectors(self) -> None:
+        """Stores written before segment files kept float32 vectors in LMDB: move them once."""
+        vecs = self._env.open_db(b"vectors")
+        with self._env.begin(buffers=False) as txn:
+            items = list(txn.cursor(db=vecs))
+        if not items:
+            return
+        keys = [key for key, _ in items]
+        vectors = np.frombuffer(b"".join(value for _, value in items), dtype=np.float32).reshape(len(items), self.dim)
+        first = self._segment.write(vectors)
+
+        def work(txn: Any) -> None:
+            txn.cursor(db=self._rows).putmulti(zip(keys, _row_values(first, len(keys)), strict=True))
+            txn.put(_COMMITTED, (first + len(keys)).to_bytes(8, "little"), db=self._meta)
+            txn.drop(vecs, delete=True)
+
+        self._write(work)
+        self._segment.mark_committed(first + len(keys))
 
     @property
     def last_seq(self) -> int:
         """The sequence number of the last committed write (0: none since the log was pruned empty)."""
         return self._seq
 
+    @property
+    def dead_rows(self) -> int:
+        """Rows of the segment file that no id refers to any more (replaced or deleted)."""
+        return self._segment.committed - self._count
+
     def count(self) -> int:
         return self._count
 
-    def put(self, ids: np.ndarray, vectors: np.ndarray, texts: Sequence[str], metas: Sequence[str]) -> int:
-        """Store (or replace) the documents durably in one transaction; return its sequence number."""
+    def put(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        texts: Sequence[str],
+        metas: Sequence[str],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> int:
+        """Store (or replace) the documents durably; return the write's sequence number.
+
+        The vectors go to the segment file first, in a thread for a large write, while this
+        thread encodes the documents and runs `meanwhile()` (the caller's faiss add): the
+        disk and the CPU work at the same time. Then one LMDB transaction commits the
+        documents, row numbers and log record. If this raises, nothing was committed, but
+        `meanwhile` may have run: the caller undoes it.
+        """
         ids = check_doc_ids(ids)
         text_list = check_strings(texts, len(ids), "texts")
         meta_list = check_strings(metas, len(ids), "metas")
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(f"expected vectors of shape ({len(ids)}, {self.dim}), got {vectors.shape}")
         keys = id_keys(ids)
-        # Encode everything first: a text that is not valid Unicode fails before any write.
-        docs = list(zip(keys, map(encode_doc, text_list, meta_list), strict=True))
-        vecs = np.ascontiguousarray(vectors, dtype=np.float32)
-        row = self.dim * 4
-        raw = vecs.tobytes()
-        vec_items = [(key, raw[i * row : (i + 1) * row]) for i, key in enumerate(keys)]
+        written: list[int | BaseException] = []
+        writer = None
+        if len(ids) * self._segment.row_bytes >= _OVERLAP_BYTES:
+            writer = threading.Thread(target=_write_rows, args=(self._segment, vectors, written), daemon=True)
+            writer.start()
+        else:
+            _write_rows(self._segment, vectors, written)
+        try:
+            # Encode everything first: a text that is not valid Unicode fails before any commit.
+            docs = list(zip(keys, map(encode_doc, text_list, meta_list), strict=True))
+            if meanwhile is not None:
+                meanwhile()
+        finally:
+            if writer is not None:
+                writer.join()  # never leave a write running into the next one
+        if isinstance(written[0], BaseException):
+            raise written[0]
+        first = written[0]
         seq = self._seq + 1
+        total = first + len(ids)
 
         def work(txn: Any) -> int:
             txn.cursor(db=self._docs).putmulti(docs)
-            txn.cursor(db=self._vecs).putmulti(vec_items)
+            txn.cursor(db=self._rows).putmulti(zip(keys, _row_values(first, len(ids)), strict=True))
+            txn.put(_COMMITTED, total.to_bytes(8, "little"), db=self._meta)
             txn.put(_seq_key(seq), _OP_PUT + ids.astype("<i8").tobytes(), db=self._log)
             # The transaction's own view counts the new keys; replaced ones are not new.
-            return int(txn.stat(self._vecs)["entries"])
+            return int(txn.stat(self._rows)["entries"])
 
         self._count = self._write(work)
+        self._segment.mark_committed(total)
         self._seq = seq
         return seq
 
@@ -125,7 +212,7 @@ class IndexStore:
             existed = [
                 int(doc_id)
                 for doc_id, key in zip(ids.tolist(), id_keys(ids), strict=True)
-                if txn.delete(key, db=self._vecs)
+                if txn.delete(key, db=self._rows)
             ]
             for key in id_keys(ids):
                 txn.delete(key, db=self._docs)
@@ -144,36 +231,34 @@ class IndexStore:
         return [None if value is None else decode_doc(value) for value in values]
 
     def get_vectors(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (vectors [n, dim], found mask [n]); rows of missing ids are zero."""
+        """Return (float32 vectors [n, dim], found mask [n]); rows of missing ids are zero."""
         ids = check_doc_ids(np.asarray(ids, dtype=np.int64))
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        found = np.zeros(len(ids), dtype=bool)
-        with self._env.begin(buffers=True) as txn:
-            for row, key in enumerate(id_keys(ids)):
-                value = txn.get(key, db=self._vecs)
-                if value is not None:
-                    out[row] = np.frombuffer(value, dtype=np.float32)
-                    found[row] = True
+        with self._env.begin(buffers=False) as txn:
+            values = [txn.get(key, db=self._rows) for key in id_keys(ids)]
+        found = np.fromiter((value is not None for value in values), dtype=bool, count=len(values))
+        if found.any():
+            rows = np.frombuffer(b"".join(v for v in values if v is not None), dtype="<u8").astype(np.int64)
+            out[found] = self._segment.read(rows)
         return out, found
 
-    def iter_vectors(self, batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every stored (ids, vectors), in id order, `batch` rows at a time."""
-        with self._env.begin(buffers=True) as txn:
-            ids: list[int] = []
-            rows: list[np.ndarray] = []
-            for key, value in txn.cursor(db=self._vecs):
-                ids.append(int.from_bytes(bytes(key), "big"))
-                rows.append(np.frombuffer(value, dtype=np.float32).copy())
-                if len(ids) == batch:
-                    yield np.asarray(ids, dtype=np.int64), np.stack(rows)
-                    ids, rows = [], []
-            if ids:
-                yield np.asarray(ids, dtype=np.int64), np.stack(rows)
+    def iter_vectors(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored (ids, float32 vectors), in id order, `batch` rows at a time."""
+        with self._env.begin(buffers=False) as txn:
+            # One iterator for the whole walk: a new one would yield the current row again.
+            walk = iter(txn.cursor(db=self._rows))
+            while True:
+                items = [item for _, item in zip(range(batch), walk, strict=False)]
+                if not items:
+                    return
+                ids = np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
+                rows = np.frombuffer(b"".join(value for _, value in items), dtype="<u8").astype(np.int64)
+                yield ids, self._segment.read(rows)
 
     def ids(self) -> np.ndarray:
         """Every stored id, in id order (keys only: no vector is read)."""
         with self._env.begin(buffers=True) as txn:
-            raw = b"".join(bytes(key) for key in txn.cursor(db=self._vecs).iternext(keys=True, values=False))
+            raw = b"".join(bytes(key) for key in txn.cursor(db=self._rows).iternext(keys=True, values=False))
         return np.frombuffer(raw, dtype=">u8").astype(np.int64)
 
     def iter_metas(self) -> Iterator[tuple[int, str]]:
@@ -221,9 +306,31 @@ class IndexStore:
                 self._env.set_mapsize(size)
 
     def close(self) -> None:
+        self._segment.close()
         if self._env is not None:
             self._env.close()
             self._env = None
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+def _row_values(first: int, n: int) -> list[bytes]:
+    raw = np.arange(first, first + n, dtype="<u8").tobytes()
+    return [raw[start : start + 8] for start in range(0, len(raw), 8)]
+
+
+def _write_rows(segment: SegmentFile, vectors: np.ndarray, out: list[int | BaseException]) -> None:
+    """Runs in the writer thread: the outcome is handed back in `out`, an exception too."""
+    try:
+        out.append(segment.write(vectors))
+    except BaseException as exc:  # re-raised by put() in the caller's thread
+        out.append(exc)
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -162,7 +162,8 @@ class VectorIndex:
             self.start_training()
 
     def remove(self, ids: np.ndarray) -> int:
-        slots = [s for s in (self._id_slot.pop(int(i), None) for i in ids) if s is not None]
+        pop = self._id_slot.pop
+        slots = [s for s in map(pop, np.asarray(ids).tolist(), [None] * len(ids)) if s is not None]
         if not slots:
             return 0
         dead = np.asarray(slots, dtype=np.int64)

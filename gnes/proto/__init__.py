@@ -32,9 +32,10 @@ def nd_to_array(nd: pb.NdArray) -> np.ndarray:
         raise WireError("object arrays are not accepted")
     shape = tuple(nd.shape)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(nd.data) != expected:
-        raise WireError(f"NdArray of shape {shape} and dtype {dtype} needs {expected} bytes, got {len(nd.data)}")
-    return np.frombuffer(nd.data, dtype=dtype).reshape(shape)
+    data = nd.data  # each read of a bytes field is a fresh copy: read it once
+    if len(data) != expected:
+        raise WireError(f"NdArray of shape {shape} and dtype {dtype} needs {expected} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def doc_text(doc: pb.Document) -> str:

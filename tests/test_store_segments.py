@@ -1,0 +1,144 @@
+"""The store's vector segment file (gnes/indexer/segment.py) and bounded recovery.
+
+Real LMDB, real files, real faiss. A `kill -9` leaves the files exactly as they were after
+the last commit, so closing an index without saving is the same state on disk; the crash
+tests with real processes are in tests/test_crash_recovery.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+from gnes.indexer.config import IndexConfig
+from gnes.indexer.logical import STORE_DIR, LogicalIndex
+from gnes.indexer.store import IndexStore, id_keys
+
+DIM = 24
+
+
+def vectors(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32)
+
+
+def test_replay_after_a_snapshot_touches_only_the_ids_written_after_it(tmp_path: Path) -> None:
+    config = IndexConfig(dim=DIM, metric="l2")
+    base = vectors(3000, seed=1)
+    index = LogicalIndex.create("big", config, tmp_path / "big")
+    for start in range(0, 3000, 1000):
+        index.add(np.arange(start, start + 1000), base[start : start + 1000])
+    index.save()
+    updated, new = vectors(40, seed=2), vectors(60, seed=3)
+    index.add(np.arange(100, 140), updated)  # replaces ids 100..139
+    index.add(np.arange(5000, 5060), new, texts=[f"new {i}" for i in range(60)])
+    index.delete(np.arange(0, 10))
+    index.close(save=False)  # what a kill -9 leaves: the snapshot, then three logged writes
+
+    reopened = LogicalIndex.open("big", tmp_path / "big")
+    try:
+        assert reopened.rebuilt == 0, "a snapshot was there: nothing should be rebuilt from the store alone"
+        assert reopened.replayed == 40 + 60 + 10, f"replayed {reopened.replayed} ids, expected only the 110 touched"
+        assert reopened.count() == 3000 + 60 - 10
+        stored, found = reopened.store.get_vectors(np.arange(100, 140))
+        assert found.all() and np.array_equal(stored, updated)
+        hits = reopened.search(updated[:5], top_k=1)
+        assert [h[0].doc_id for h in hits] == list(range(100, 105))
+        hits = reopened.search(new[:3], top_k=1)
+        assert [(h[0].doc_id, h[0].text) for h in hits] == [(5000, "new 0"), (5001, "new 1"), (5002, "new 2")]
+        assert reopened.get(np.arange(0, 10)) == [None] * 10
+        assert all(hit.doc_id >= 10 for hits in reopened.search(base[:10], top_k=3) for hit in hits)
+    finally:
+        reopened.close()
+
+
+def test_rows_of_a_write_that_never_committed_are_cut_off_at_open(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path / "s", DIM)
+    first = vectors(300, seed=4)
+    store.put(np.arange(300), first, [""] * 300, [""] * 300)
+    segment = tmp_path / "s" / "vectors-float32.seg"
+    committed_size = segment.stat().st_size
+    assert committed_size == 300 * DIM * 4
+    store.close()
+    # A crash after the rows were written but before LMDB committed them: rows past the count.
+    with segment.open("ab") as f:
+        f.write(vectors(7, seed=5).tobytes() + b"torn")
+    store = IndexStore(tmp_path / "s", DIM)
+    try:
+        assert segment.stat().st_size == committed_size
+        assert store.count() == 300 and store.dead_rows == 0
+        second = vectors(50, seed=6)
+        store.put(np.arange(300, 350), second, [""] * 50, [""] * 50)
+        got, found = store.get_vectors(np.arange(250, 350))
+        assert found.all() and np.array_equal(got, np.concatenate([first[250:], second]))
+        # An update appends a new row; the old one is garbage counted by dead_rows.
+        store.put(np.arange(0, 10), second[:10], [""] * 10, [""] * 10)
+        assert store.count() == 350 and store.dead_rows == 10
+        got, _ = store.get_vectors(np.arange(0, 10))
+        assert np.array_equal(got, second[:10])
+    finally:
+        store.close()
+
+
+def test_a_large_write_overlaps_the_callers_work_and_is_durable_when_put_returns(tmp_path: Path) -> None:
+    store = IndexStore(tmp_path / "s", DIM)
+    rows = vectors(20000, seed=7)  # 1.9 MB: written by the store's writer thread
+    seen = []
+    try:
+        store.put(np.arange(20000), rows, [""] * 20000, [""] * 20000, meanwhile=lambda: seen.append(store.count()))
+        assert seen == [0], "meanwhile runs before the commit"
+        assert store.count() == 20000
+        ids, got = next(store.iter_vectors(batch=20000))
+        assert np.array_equal(ids, np.arange(20000)) and np.array_equal(got, rows)
+    finally:
+        store.close()
+
+
+def test_float16_storage_halves_the_rows_and_reads_back_the_rounded_values(tmp_path: Path) -> None:
+    config = IndexConfig(dim=DIM, metric="ip", store_dtype="float16")
+    data = vectors(500, seed=8)
+    index = LogicalIndex.create("half", config, tmp_path / "half")
+    index.add(np.arange(500), data)
+    index.close(save=False)
+    assert (tmp_path / "half" / STORE_DIR / "vectors-float16.seg").stat().st_size == 500 * DIM * 2
+    reopened = LogicalIndex.open("half", tmp_path / "half")
+    try:
+        assert reopened.rebuilt == 500
+        stored, found = reopened.store.get_vectors(np.arange(500))
+        assert found.all() and np.array_equal(stored, data.astype(np.float16).astype(np.float32))
+        assert [h[0].doc_id for h in reopened.search(data[:4], top_k=1)] == [0, 1, 2, 3]
+    finally:
+        reopened.close()
+    with pytest.raises(ValueError, match="holds float16 vectors"):
+        IndexStore(tmp_path / "half" / STORE_DIR, DIM, dtype="float32")
+
+
+def test_a_store_of_the_lmdb_only_layout_is_moved_to_a_segment_file_once(tmp_path: Path) -> None:
+    """Stores written before segment files kept each vector as an LMDB value."""
+    path = tmp_path / "old"
+    path.mkdir()
+    data = vectors(120, seed=9)
+    ids = np.arange(1000, 1120)
+    env = lmdb.open(str(path), map_size=64 << 20, max_dbs=4)
+    docs, vecs, log = env.open_db(b"docs"), env.open_db(b"vectors"), env.open_db(b"log")
+    with env.begin(write=True) as txn:
+        for key, row in zip(id_keys(ids), data, strict=True):
+            txn.put(key, row.tobytes(), db=vecs)
+            txn.put(key, b"\x01" + bytes(4), db=docs)
+        txn.put((1).to_bytes(8, "big"), b"P" + ids.astype("<i8").tobytes(), db=log)
+    env.close()
+    store = IndexStore(path, DIM)
+    try:
+        assert store.count() == 120 and store.last_seq == 1
+        got, found = store.get_vectors(ids)
+        assert found.all() and np.array_equal(got, data)
+    finally:
+        store.close()
+    store = IndexStore(path, DIM)  # the second open finds nothing left to move
+    try:
+        assert store.count() == 120 and os.path.getsize(path / "vectors-float32.seg") == 120 * DIM * 4
+    finally:
+        store.close()
