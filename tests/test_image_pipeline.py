@@ -158,11 +158,100 @@ def test_a_bad_query_image_is_an_error_and_the_service_keeps_serving(client: Gne
     request.embed.docs.add(doc_id=1, raw_bytes=b"\x89PNG\r\n\x1a\n garbage", doc_type=pb.Document.IMAGE)
     response = client.call(request)
     assert response.embed.status == pb.Response.ERROR and "doc_id 1" in response.error
-    request = pb.Request(request_id=42)  # a request of nothing but bad images stores nothing
+    request = pb.Request(request_id=42)  # a request of nothing but bad images stores nothing, and says why
     request.index.docs.add(doc_id=300, raw_bytes=b"GIF89a", doc_type=pb.Document.IMAGE)
     response = client.call(request)
-    assert response.index.status == pb.Response.ERROR and "doc_id 300" in response.error
+    assert response.index.num_docs == 0 and [e.doc_id for e in response.index.doc_errors] == [300]
+    assert "doc_id 300" in response.error
     request = pb.Request(request_id=43)
     request.search.top_k = 1
     request.search.query.raw_bytes = encode_png(photos[NAMES[2]])
     assert client.call(request).search.topk_results[0].doc.doc_id == 2
+
+
+# Photos the tests above did not index, so their answers are not tied with those.
+OTHERS = PHOTOS[6:9]
+
+
+def test_cli_index_images_and_query_by_image(pipeline, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    others = skimage_photos(OTHERS)
+    for name in OTHERS:
+        (folder / "sub" / f"{name}.jpg").write_bytes(encode_png(others[name], "JPEG"))
+    (folder / "broken.png").write_bytes(encode_png(others[OTHERS[0]])[:300])
+    (folder / "notes.txt").write_text("not a picture\n")
+    base = [sys.executable, "-m", "gnes", "client", "--grpc_port", str(pipeline.grpc_port)]
+    done = subprocess.run(
+        [*base, "index", "--images", str(folder), "--start_id", "500", "--batch_size", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr  # indexed, with errors to report
+    assert f"indexed {len(OTHERS)} of {len(OTHERS) + 2} files" in done.stdout
+    assert "error: broken.png: document 0 (doc_id 500): the PNG data is corrupt or truncated" in done.stderr
+    assert "error: notes.txt:" in done.stderr and "not an image" in done.stderr
+    query = folder / "sub" / f"{OTHERS[1]}.jpg"
+    done = subprocess.run(
+        [*base, "query", "--image", str(query), "--top_k", "2"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"query: {query}" and lines[1].endswith(f"sub/{OTHERS[1]}.jpg"), done.stdout
+    done = subprocess.run(
+        [*base, "query", "--image", str(folder / "notes.txt")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and "error:" in done.stdout and "the query" in done.stdout
+
+
+def test_http_upload_and_search_by_image(pipeline) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+    from conftest import free_ports
+
+    from gnes.http.config import HttpConfig
+    from gnes.http.service import HttpService
+    from gnes.service.config import ServiceConfig
+
+    ports = pipeline.ports
+    config = HttpConfig(
+        pipeline=ServiceConfig(
+            name="http",
+            port_in=ports["out_out"],
+            port_out=ports["income_in"],
+            socket_in="SUB_CONNECT",
+            socket_out="PUSH_CONNECT",
+        ),
+        http_port=free_ports(1)[0],
+    )
+    config.probe_timeout_s = 30.0
+    others = skimage_photos(OTHERS)
+    with (
+        HttpService(config) as service,
+        httpx.Client(base_url=f"http://127.0.0.1:{config.http_port}", timeout=60) as web,
+    ):
+        assert service.model_dim == 1280  # the start probe went with an image
+        files = [("files", (f"{n}.png", encode_png(others[n]), "image/png")) for n in OTHERS[:2]]
+        files.insert(1, ("files", ("cmyk.tif", b"II*\x00 not really", "image/tiff")))
+        got = web.post("/images/index", files=files, data={"start_id": "700"})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["indexed"] == 2
+        assert [(r["id"], r["filename"]) for r in body["refused"]] == [(701, "cmyk.tif")]
+        assert "not an image" in body["refused"][0]["reason"]
+        got = web.post(
+            "/images/search", files={"file": ("q.jpg", encode_png(others[OTHERS[1]], "JPEG"))}, data={"top_k": "1"}
+        )
+        assert got.status_code == 200, got.text
+        hit = got.json()["results"][0]
+        # the same photo, uploaded here or indexed by the CLI test
+        assert OTHERS[1] in (hit["metadata"].get("filename") or hit["metadata"]["path"]), hit
+        assert hit["score"] > 0.9
+        got = web.post("/images/search", files={"file": ("bad.png", b"\x89PNG\r\n\x1a\nxx")})
+        assert got.status_code == 422 and "bad.png" in got.json()["detail"], got.text
+        got = web.post("/images/search", files={"file": ("empty.png", b"")})
+        assert got.status_code == 422
+        assert web.post("/images/index", files=files[:1]).status_code == 200  # still serving

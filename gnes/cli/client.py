@@ -39,8 +39,19 @@ def run(args) -> int:  # type: ignore[no-untyped-def]
         except grpc.FutureTimeoutError:
             print(f"no gnes frontend answers at {client.address} within {wait:g} s", file=sys.stderr)
             return 2
+        if args.client_command == "index" and args.images:  # gnes/client/images.py
+            from .client_images import index_images_command
+
+            return index_images_command(client, Path(args.images), args.batch_size or 16, args.start_id)
         if args.client_command == "index":
-            return _index(client, Path(args.path), args.batch_size, args.start_id)
+            if not args.path:
+                print("gnes client index: give a FILE or folder, or --images DIR", file=sys.stderr)
+                return 2
+            return _index(client, Path(args.path), args.batch_size or 100, args.start_id)
+        if args.client_command == "query" and (args.image or not args.text):
+            from .client_images import query_images_command
+
+            return query_images_command(client, [Path(p) for p in args.image], args.top_k, args.text)
         if args.client_command == "query":
             return _query(client, args.text, args.top_k)
         return _status(client, getattr(args, "json", False))

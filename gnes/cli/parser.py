@@ -138,12 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc_port", type=int, default=8800, help="port of the gRPC frontend")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for each answer")
     csub = p.add_subparsers(dest="client_command", required=True, metavar="ACTION")
-    c = csub.add_parser("index", help="index FILE (one document per line) or every file in a folder")
-    c.add_argument("path", help="a text file or a folder of text files")
-    c.add_argument("--batch_size", type=int, default=100, help="documents per request")
+    c = csub.add_parser("index", help="index FILE (one document per line), every file in a folder, or --images DIR")
+    c.add_argument("path", nargs="?", help="a text file or a folder of text files")
+    c.add_argument("--images", metavar="DIR", help="index every file under DIR as an image (PNG/JPEG, ...)")
+    c.add_argument("--batch_size", type=int, help="documents per request (default: 100 texts, 16 images)")
     c.add_argument("--start_id", type=int, default=0, help="doc_id of the first document")
     c = csub.add_parser("query", help="search and print ranked documents with scores")
-    c.add_argument("text", nargs="+", help="query text (several arguments: several queries)")
+    c.add_argument("text", nargs="*", help="query text (several arguments: several queries)")
+    c.add_argument("--image", action="append", default=[], metavar="FILE", help="query by this image (repeatable)")
     c.add_argument("--top_k", type=int, default=10, help="results per query")
     c = csub.add_parser(
         "status",

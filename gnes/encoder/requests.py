@@ -3,8 +3,8 @@
 A text encoder that needs no training keeps the service's own path (gnes/service/encoder.py).
 Here a document whose image cannot be used is refused on its own: it is taken out of its
 INDEX or TRAIN request, named in the envelope's doc_errors (the frontend reports them in
-the response, `report_doc_errors`), and the rest of the request goes on. An EMBED or QUERY
-has to answer for every item, so there one bad item fails the request.
+the response, `report_doc_errors`), and the rest of the request goes on, even when that is
+nothing. An EMBED or QUERY has to answer for every item, so there one bad item fails it.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def encode_request(encoder: Any, request: pb.Request, envelope: pb.Envelope, sta
     if body.HasField("embeddings"):
         return
     items, errors = _items(encoder, body, max_pixels)
-    if errors and (kind == "embed" or not items):
+    if errors and kind == "embed":
         raise WireError("; ".join(e.reason for e in errors))
     if errors:
         refused = {e.position for e in errors}
@@ -100,7 +100,7 @@ def encode_request(encoder: Any, request: pb.Request, envelope: pb.Envelope, sta
         state.save()
     elif items:
         vectors = encoder.encode(items)
-    else:  # a TRAIN with no documents: nothing to encode
+    else:  # every document refused (they are named in doc_errors), or a TRAIN with none
         vectors = np.zeros((0, encoder.dim), np.float32)
     array_to_nd(vectors, body.embeddings)
     for doc in body.docs:

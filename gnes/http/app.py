@@ -105,6 +105,10 @@ def create_app(service: HttpService) -> FastAPI:
     app.include_router(read)
     app.include_router(admin)
     app.include_router(models_api.router)  # named models: admin, keyterms, instruction pairs
+    if importlib.util.find_spec("python_multipart") is not None:  # forms need python-multipart (gnes[http])
+        from . import images
+
+        app.include_router(images.router)  # image upload and search by image (gnes/http/images.py)
     # The ops engineer's routers (health, metrics, status; the search page) where they exist.
     if importlib.util.find_spec("gnes.metrics.prom") is not None:
         from ..metrics.http import MetricsMiddleware

@@ -27,6 +27,7 @@ from ..proto import pb
 from .batcher import EmbedBatcher
 from .config import HttpConfig
 from .control import ControlSocket
+from .probe import embed_probe
 
 
 class HttpService:
@@ -86,7 +87,7 @@ class HttpService:
         wait = 0.5
         while True:
             try:
-                rows = await self.batcher.embed_now(["dimension probe"], timeout_s=wait)
+                rows = await embed_probe(self.batcher, self.session, wait)  # a text, or an image (probe.py)
                 break
             except Exception as exc:
                 if loop.time() > give_up:

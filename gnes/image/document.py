@@ -7,6 +7,9 @@ import numpy as np
 from ..proto import WireError, nd_to_array, pb
 from .decode import DEFAULT_MAX_PIXELS, ImageError, decode_image, image_from_array
 
+# How an image encoder's refusal of a text document reads (the HTTP start probe looks for it).
+TAKES_IMAGES = "this encoder takes images"
+
 
 def doc_name(position: int, doc: pb.Document) -> str:
     """How errors name a document: its place in the request and its id."""
@@ -25,4 +28,4 @@ def doc_image(doc: pb.Document, name: str, max_pixels: int = DEFAULT_MAX_PIXELS)
     if kind == "raw_bytes":
         return decode_image(doc.raw_bytes, name, max_pixels)
     what = "no content" if kind is None else kind
-    raise ImageError(f"{name} has {what}; this encoder takes images (raw_image, or raw_bytes holding PNG/JPEG)")
+    raise ImageError(f"{name} has {what}; {TAKES_IMAGES} (raw_image, or raw_bytes holding PNG/JPEG)")

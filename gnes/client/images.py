@@ -1,0 +1,90 @@
+"""Index image files and search by an image through the gRPC frontend.
+
+The files travel as they are (raw_bytes, doc_type IMAGE): the encoder service decodes them,
+so a corrupt or non-image file is refused there, named, while the rest is indexed. Each
+document's metadata holds its path relative to the folder, which is how answers name it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..proto import pb
+from .grpc_client import GnesClient, GnesError, SearchHit
+
+
+@dataclass(slots=True)
+class ImageIndexSummary:
+    num_docs: int = 0
+    requests: int = 0
+    # one line per refused file or failed request, naming the file where the answer names a document
+    errors: list[str] = field(default_factory=list)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every file under `folder` but hidden ones, sorted: what is not an image is refused by the
+    encoder with a reason, rather than skipped here without a word."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def index_images(
+    client: GnesClient,
+    folder: Path,
+    batch_size: int = 16,
+    start_id: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> ImageIndexSummary:
+    """Index every file under `folder` with ids start_id, start_id+1, ... in one streaming call."""
+    files = image_files(folder)
+    names = {start_id + i: str(path.relative_to(folder)) for i, path in enumerate(files)}
+    summary = ImageIndexSummary()
+    for response in client.stream(_requests(files, folder, batch_size, start_id)):
+        summary.requests += 1
+        body = response.index
+        refused = {e.doc_id for e in body.doc_errors}
+        for error in body.doc_errors:
+            summary.errors.append(f"{names.get(error.doc_id, error.doc_id)}: {error.reason}")
+        if body.status == pb.Response.ERROR:
+            summary.errors.append(response.error or "index request failed")
+        else:
+            summary.num_docs += body.num_docs
+            if response.error and not refused:
+                summary.errors.append(response.error)
+        if on_batch is not None:
+            on_batch(body.num_docs + len(refused))
+    return summary
+
+
+def _requests(files: list[Path], folder: Path, batch_size: int, start_id: int) -> Iterator[pb.Request]:
+    ids = itertools.count(start_id)
+    request_ids = itertools.count(1)
+    for start in range(0, len(files), batch_size):
+        request = pb.Request(request_id=next(request_ids))
+        for path in files[start : start + batch_size]:
+            doc = request.index.docs.add(doc_id=next(ids), doc_type=pb.Document.IMAGE)
+            doc.raw_bytes = path.read_bytes()
+            doc.meta_json = json.dumps({"path": str(path.relative_to(folder))})
+        yield request
+
+
+def query_image(client: GnesClient, path: Path, top_k: int = 10) -> list[SearchHit]:
+    """The documents nearest to the image in `path`; GnesError with the reason when it is refused."""
+    request = pb.Request(request_id=1)
+    request.search.query.raw_bytes = path.read_bytes()
+    request.search.query.doc_type = pb.Document.IMAGE
+    request.search.top_k = top_k
+    response = client.call(request)
+    if response.search.status == pb.Response.ERROR:
+        raise GnesError(response.error or "query failed")
+    return [
+        SearchHit(r.doc.doc_id, r.score.value, "", json.loads(r.doc.meta_json) if r.doc.meta_json else None)
+        for r in response.search.topk_results
+    ]
