@@ -54,7 +54,22 @@ def encode_chunked(encoder: BaseEncoder, body: Body) -> bool:
     if texts:
         doc_vectors[list(texts)] = encoder.encode(list(texts.values()))
     array_to_nd(doc_vectors, body.embeddings)
+    if takes != "text":
+        for doc in body.docs:
+            _drop_pixels(doc)
     return True
+
+
+def _drop_pixels(doc: pb.Document) -> None:
+    """Pixels are not stored by the shards (the vectors are): they travel no further."""
+    for chunk in doc.chunks:
+        if chunk.WhichOneof("content") == "blob":
+            chunk.ClearField("blob")
+    kind = doc.WhichOneof("raw_data")
+    if kind in ("raw_image", "raw_video", "raw_bytes"):
+        doc.ClearField(kind)
+        if doc.doc_type == pb.Document.UNKNOWN:
+            doc.doc_type = pb.Document.VIDEO if kind == "raw_video" else pb.Document.IMAGE
 
 
 def _chunk_input(chunk: pb.Chunk, takes: str, i: int, doc_id: int) -> Any:

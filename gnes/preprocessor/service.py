@@ -1,10 +1,10 @@
 """The preprocessor service: chunks every document of an index or train request on its way
 to the encoders; queries and everything else pass through unchanged.
 
-A document that cannot be chunked (not an image, too many chunks, empty) is answered with
-an error naming it while the rest of its request goes on: the request becomes two parts,
-the good documents and an ERROR answer for the bad ones, and the reducer joins the two, so
-the caller hears both the count stored and why the others were not.
+A document that cannot be chunked (not an image, too many chunks, empty) is taken out of
+its request and named in the envelope's doc_errors, as the encoder does for an image it
+cannot read (gnes/encoder/requests.py); the frontend puts them in the answer next to the
+count of documents stored. A request whose every document fails is answered with an error.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..config import load_component
 from ..proto import pb
 from ..service.base import BaseService
-from ..service.message import BodyType, Packet, error_response
+from ..service.message import BodyType, Packet
 from .base import BasePreprocessor
 
 
@@ -54,37 +54,29 @@ class PreprocessService(BaseService):
             self.send_out(packet)
             return
         good: list[pb.Document] = []
-        failures: list[str] = []
+        failures: list[pb.DocError] = []
         for i, doc in enumerate(body.docs):
             try:
                 self.chunks_made += self.preprocessor.apply(doc)
                 good.append(doc)
             except (ValueError, TypeError) as exc:
                 named = f"doc_id {doc.doc_id}" in str(exc) or f"document {doc.doc_id}" in str(exc)
-                failures.append(str(exc) if named else f"document {i} (doc_id {doc.doc_id}): {exc}")
-        if not failures:
-            packet.body = request.SerializeToString()
-            self.send_out(packet)
+                reason = str(exc) if named else f"document {i} (doc_id {doc.doc_id}): {exc}"
+                failures.append(pb.DocError(doc_id=doc.doc_id, position=i, reason=reason))
+        if failures and not good:
+            self.fail(packet, f"{self.name}: " + "; ".join(f.reason for f in failures))
             return
-        reason = f"{self.name}: " + "; ".join(failures)
-        if not good:
-            self.fail(packet, reason)
-            return
-        self.errors += 1
-        del body.docs[:]
-        body.docs.extend(good)
-        self._send_split(packet, request.SerializeToString(), reason)
+        if failures:
+            self.errors += len(failures)
+            kept = [_copy(doc) for doc in good]
+            del body.docs[:]
+            body.docs.extend(kept)
+            env.doc_errors.extend(failures)
+        packet.body = request.SerializeToString()
+        self.send_out(packet)
 
-    def _send_split(self, packet: Packet, good_body: bytes, reason: str) -> None:
-        """Part 0: the request with its good documents; part 1: the ERROR answer for the rest."""
-        env = packet.envelope
-        for part, body, is_response in ((0, good_body, False), (1, b"", True)):
-            part_env = pb.Envelope()
-            part_env.CopyFrom(env)
-            part_env.num_part.append(2)
-            part_env.part_ids.append(part)
-            part_env.part_id = part
-            part_env.is_response = is_response
-            if is_response:
-                body = error_response(env.request_id, env.body_type, reason).SerializeToString()
-            self.send_out(Packet(part_env, body, packet.received_ns))
+
+def _copy(doc: pb.Document) -> pb.Document:
+    copy = pb.Document()
+    copy.CopyFrom(doc)  # a message taken out of a repeated field must be copied before it is cleared
+    return copy
