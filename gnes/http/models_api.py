@@ -13,12 +13,13 @@ import json
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ..models.controller import Controller, ModelError, backend_from_env
-from ..proto import array_to_nd, nd_to_array, pb
+from ..proto import WireError, array_to_nd, nd_to_array, pb
 from ..service.message import response_status
+from ..service.validate import check_request
 from . import models as m
 from .auth import require_admin, require_read
 
@@ -76,7 +77,9 @@ class EmbedWithOut(BaseModel):
     embeddings: list[list[float]]
 
 
-router = APIRouter(tags=["models"])
+# 409: no model backend, a model or index that exists, an index of another dimension; 504: no answer in time
+router = APIRouter(tags=["models"], responses={code: {"model": m.ErrorOut} for code in (409, 504)})
+ModelName = Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="a model name")
 admin = [Depends(require_admin)]
 read = [Depends(require_read)]
 
@@ -110,7 +113,7 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/models/{name}", dependencies=admin, summary="one model: services, dimension, whether it answers")
-async def model_status(name: str, request: Request) -> dict[str, Any]:
+async def model_status(request: Request, name: str = ModelName) -> dict[str, Any]:
     try:
         return await controller(request).status(name)
     except ModelError as exc:
@@ -118,7 +121,7 @@ async def model_status(name: str, request: Request) -> dict[str, Any]:
 
 
 @router.delete("/models/{name}", dependencies=admin, summary="stop a model's services (its index is kept)")
-async def remove_model(name: str, request: Request) -> dict[str, Any]:
+async def remove_model(request: Request, name: str = ModelName) -> dict[str, Any]:
     try:
         return await controller(request).remove(name)
     except ModelError as exc:
@@ -194,11 +197,13 @@ def _model_name(request: Request, model: str) -> str:
 async def embed_named(service: Any, model: str, items: list[Any]) -> np.ndarray:
     """Embed texts (or [instruction, text] pairs) with a model, bypassing the default model's batcher."""
     request = pb.Request(model_name=model)
+    from .app import _fit  # the size limit of every text the service takes (413, or cut with --truncate)
+
     for i, item in enumerate(items):
         instruction, text = (item[0], item[1]) if isinstance(item, (tuple, list)) else ("", item)
         if not text.strip():
             raise HTTPException(422, f"text {i} is empty")
-        request.embed.docs.add(doc_id=i, raw_text=text, instruction=instruction)
+        request.embed.docs.add(doc_id=i, raw_text=_fit(service, text), instruction=instruction)
     response = await call_named(service, request, model)
     return nd_to_array(response.embed.embeddings)
 
@@ -218,6 +223,10 @@ async def search_named(service: Any, model: str, text: str, top_k: int, index: s
 
 
 async def call_named(service: Any, request: pb.Request, model: str) -> pb.Response:
+    try:
+        check_request(request, service.config.pipeline)  # refused at the door: 422, as app._call does
+    except WireError as exc:
+        raise HTTPException(422, str(exc)) from None
     response = await (await service.session.submit(request))
     if response.error or response_status(response) == pb.Response.ERROR:
         if NO_MODEL in response.error:

@@ -59,7 +59,7 @@ class LocalBackend:
             return request(self.workdir, message, timeout=None)  # a model may load for minutes
         except ControlError as exc:
             text = str(exc)
-            status = 503 if "did not answer" in text or "no running stack" in text else 400
+            status = 409 if "did not answer" in text or "no running stack" in text else 400
             raise ModelError(text, status) from None
 
     def add(self, name: str, source: dict[str, str], replicas: int) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class Controller:
     def _backend(self) -> Backend:
         if self.backend is None:
             raise ModelError(
-                "no model backend: run under `gnes stack` (local) or set GNES_MODEL_BACKEND=swarm", status=503
+                "no model backend: run under `gnes stack` (local) or set GNES_MODEL_BACKEND=swarm", status=409
             )
         return self.backend
 
