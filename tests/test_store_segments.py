@@ -142,3 +142,24 @@ def test_a_store_of_the_lmdb_only_layout_is_moved_to_a_segment_file_once(tmp_pat
         assert store.count() == 120 and os.path.getsize(path / "vectors-float32.seg") == 120 * DIM * 4
     finally:
         store.close()
+
+
+def test_an_index_request_with_an_id_array_is_checked_like_one_with_documents() -> None:
+    from gnes.proto import WireError, array_to_nd, pb
+    from gnes.service.indexer import index_batch
+
+    body = pb.Request().index
+    array_to_nd(vectors(3, seed=10), out=body.embeddings)
+    array_to_nd(np.array([7, 8, 9], dtype=np.int64), out=body.doc_ids)
+    ids, rows, texts, metas = index_batch(body)
+    assert ids.tolist() == [7, 8, 9] and rows.shape == (3, DIM) and texts is None and metas is None
+    array_to_nd(np.array([7, 8], dtype=np.int64), out=body.doc_ids)
+    with pytest.raises(WireError, match=r"one vector per id \(2\)"):
+        index_batch(body)
+    array_to_nd(np.array([7.0, 8.0, 9.0]), out=body.doc_ids)
+    with pytest.raises(WireError, match="doc_ids must be a 1-d integer array"):
+        index_batch(body)
+    array_to_nd(np.array([7, 8, 9], dtype=np.int64), out=body.doc_ids)
+    body.docs.add(doc_id=7)
+    with pytest.raises(WireError, match="doc_ids or docs, not both"):
+        index_batch(body)

@@ -290,9 +290,8 @@ class IndexClient:
             # shard's rows are one slice when the placement gives it all of them.
             array_to_nd(vectors if len(rows) == len(ids) else vectors[rows], out=body.embeddings)
             docs = body.docs
-            if texts is None and metas is None:
-                for doc_id in ids[rows].tolist():
-                    docs.add(doc_id=doc_id)
+            if texts is None and metas is None:  # bare vectors: the ids as one array, no Document each
+                array_to_nd(ids if len(rows) == len(ids) else ids[rows], out=body.doc_ids)
                 parts.append((shard, request))
                 continue
             for row in rows.tolist():

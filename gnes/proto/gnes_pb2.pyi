@@ -184,14 +184,16 @@ class Request(_message.Message):
         index_name: str
         def __init__(self, docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., flush: _Optional[bool] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ...) -> None: ...
     class IndexRequest(_message.Message):
-        __slots__ = ("docs", "embeddings", "index_name")
+        __slots__ = ("docs", "embeddings", "index_name", "doc_ids")
         DOCS_FIELD_NUMBER: _ClassVar[int]
         EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
         INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
+        DOC_IDS_FIELD_NUMBER: _ClassVar[int]
         docs: _containers.RepeatedCompositeFieldContainer[Document]
         embeddings: NdArray
         index_name: str
-        def __init__(self, docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ...) -> None: ...
+        doc_ids: NdArray
+        def __init__(self, docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ..., doc_ids: _Optional[_Union[NdArray, _Mapping]] = ...) -> None: ...
     class QueryRequest(_message.Message):
         __slots__ = ("query", "top_k", "embedding", "index_name", "nprobe", "ef_search", "filter_field", "filter_value_json", "return_embeddings", "chunk_reduce")
         QUERY_FIELD_NUMBER: _ClassVar[int]

@@ -386,7 +386,7 @@ def _index_request(packet: Packet) -> pb.Request | None:
 def _joins(run: list[tuple[Packet, pb.Request]], request: pb.Request) -> bool:
     """Whether an index request may join the group being formed: same index, and room for all
     of its documents (a request bigger than the bound still goes, alone, into a group of its own)."""
-    docs = sum(len(r.index.docs) for _, r in run) + len(request.index.docs)
+    docs = sum(_doc_count(r.index) for _, r in run) + _doc_count(request.index)
     return run[0][1].index.index_name == request.index.index_name and docs <= _GROUP_DOCS
 
 
@@ -395,12 +395,37 @@ def index_batch(body: pb.Request.IndexRequest) -> Batch:
     if not body.HasField("embeddings"):
         raise WireError("the index request reached the indexer without vectors: is an encoder in front?")
     vectors = nd_to_array(body.embeddings)
+    if body.HasField("doc_ids"):
+        return _bare_batch(body, vectors)
     if vectors.ndim != 2 or vectors.shape[0] != len(body.docs):
         raise WireError(f"expected one vector per document ({len(body.docs)}), got shape {vectors.shape}")
-    ids = np.fromiter((d.doc_id for d in body.docs), dtype=np.uint64, count=len(body.docs))
-    texts = [doc_text(d) for d in body.docs]
-    metas = [d.meta_json for d in body.docs]
-    return ids, np.asarray(vectors, dtype=np.float32), texts, metas
+    docs = body.docs
+    ids = np.fromiter((d.doc_id for d in docs), dtype=np.uint64, count=len(docs))
+    # raw_text first, the full rules only where it is empty: WhichOneof per document costs
+    # more than the rest of a bulk load's per-document work together.
+    texts = [d.raw_text for d in docs]
+    if not all(texts):
+        texts = [text or doc_text(d) for text, d in zip(texts, docs, strict=True)]
+    metas = [d.meta_json for d in docs]
+    # No text and no metadata anywhere (a bulk load of bare vectors): the index skips them.
+    bare = not any(texts) and not any(metas)
+    return ids, np.asarray(vectors, dtype=np.float32), None if bare else texts, None if bare else metas
+
+
+def _doc_count(body: pb.Request.IndexRequest) -> int:
+    return len(body.docs) or (body.doc_ids.shape[0] if body.HasField("doc_ids") and body.doc_ids.shape else 0)
+
+
+def _bare_batch(body: pb.Request.IndexRequest, vectors: np.ndarray) -> Batch:
+    """Ids as one array and no documents: no per-document work on either side of the wire."""
+    if body.docs:
+        raise WireError("an index request carries doc_ids or docs, not both")
+    ids = nd_to_array(body.doc_ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise WireError(f"doc_ids must be a 1-d integer array, got {ids.dtype} of shape {ids.shape}")
+    if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+        raise WireError(f"expected one vector per id ({len(ids)}), got shape {vectors.shape}")
+    return ids, np.asarray(vectors, dtype=np.float32), None, None
 
 
 def _reachable_host(bind_host: str) -> str:
