@@ -10,8 +10,13 @@ Workload: the 60,000 training images are loaded (IndexClient.add_stream, batches
 into N shard processes (default 2); then the first 1,000 test images are the queries, top_k 10,
 sent in batches of 100. recall@10 = |found ∩ exact| / 10, averaged over the queries.
 
+Baseline, per type and knob: the same faiss index (the factory string gnes builds, trained
+on as many vectors as the shards train on together) in this process, built before the
+timing, answering the same batches of 100 with the same knobs and the shards' BLAS setting
+(the faster of all cores and one thread); each row's `of in-process` is gnes's query rate over that one's.
+
     apt-get install -y dataset-fashion-mnist
-    python bench/recall.py [--shards 2] [--types flat,hnsw_sq,ivf_flat,ivf_sq,ivf_pq] [--queries 1000]
+    python bench/recall.py [--shards 2] [--types flat,hnsw_sq,ivf_flat,ivf_sq,ivf_pq] [--queries 1000] [--json]
 
 Shards run as local processes through `gnes.cluster.local_shards.LocalShards`.
 """
@@ -19,6 +24,8 @@ Shards run as local processes through `gnes.cluster.local_shards.LocalShards`.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,6 +58,45 @@ def exact_neighbours(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np
     index = faiss.IndexFlatL2(train.shape[1])
     index.add(train)
     return index.search(queries, k)
+
+
+def inprocess_index(config: dict[str, Any], train: np.ndarray, shards: int) -> Any:
+    """The faiss index gnes builds for `config`, in this process: trained, filled, untimed."""
+    import faiss
+
+    from gnes.indexer.config import IndexConfig
+
+    faiss.cvar.distance_compute_blas_threshold = 16  # as the shards set it (gnes/indexer/vectors.py)
+    index = faiss.index_factory(train.shape[1], IndexConfig.from_dict(config).factory, faiss.METRIC_L2)
+    if not index.is_trained:
+        index.train(train[: min(len(train), config["train_num"] * shards)])
+    index.add(train)
+    return index
+
+
+def inprocess_rate(index: Any, queries: np.ndarray, knobs: dict[str, int | None]) -> tuple[np.ndarray, float]:
+    """Like timed_search, on the in-process index with the same knobs (faiss defaults otherwise)."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+    if ivf is not None:
+        ivf.nprobe = knobs.get("nprobe") or 1
+    if hnsw is not None:
+        hnsw.efSearch = knobs.get("ef_search") or 16
+    # With all cores (as the shards together have them) and with one: OpenMP threads that
+    # share a busy machine can be slower than one thread, so the faster is the baseline.
+    best = 0.0
+    for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
+        faiss.omp_set_num_threads(threads)
+        index.search(queries[:QUERY_BATCH], TOP_K)  # warm-up
+        found = []
+        started = time.perf_counter()
+        for start in range(0, len(queries), QUERY_BATCH):
+            found.append(index.search(queries[start : start + QUERY_BATCH], TOP_K)[1])
+        best = max(best, len(queries) / (time.perf_counter() - started))
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return np.concatenate(found), best
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -105,7 +151,9 @@ def main() -> None:
     parser.add_argument("--pq_m", type=int, default=16, help="ivf_pq sub-quantizers (must divide 784)")
     parser.add_argument("--train_num", type=int, default=20000, help="vectors a shard trains on")
     parser.add_argument("--train_timeout", type=float, default=600.0, help="seconds to wait for training")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
 
     from gnes.client import IndexClient
 
@@ -113,15 +161,18 @@ def main() -> None:
     queries = np.ascontiguousarray(test[: args.queries])
     started = time.perf_counter()
     exact_d, exact_ids = exact_neighbours(train, queries, TOP_K)
-    print(f"faiss IndexFlatL2 in-process: {len(queries)} queries in {time.perf_counter() - started:.2f} s")
-    print(f"{len(train)} vectors of dim {train.shape[1]}, {len(queries)} queries, top_k {TOP_K}, {args.shards} shards")
-    print(f"{'type':<9} {'knob':<14} {'recall@10':>9} {'queries/s':>10} {'build s':>8}")
-
+    say(f"faiss IndexFlatL2 in-process: {len(queries)} queries in {time.perf_counter() - started:.2f} s")
+    say(f"{len(train)} vectors of dim {train.shape[1]}, {len(queries)} queries, top_k {TOP_K}, {args.shards} shards")
+    say(f"{'type':<9} {'knob':<14} {'recall@10':>9} {'queries/s':>10} {'in-proc q/s':>11} {'of in-proc':>10}", end="")
+    say(f" {'in-proc recall':>14} {'build s':>8}")
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gnes-recall-") as tmp, LocalShards(args.shards, Path(tmp)) as shards:
         with IndexClient(addresses=shards.addresses) as client:
             for index_type in args.types.split(","):
                 name = f"fmnist-{index_type.replace('_', '-')}"
-                build_s = build(client, name, index_config(index_type, args), train, args.train_timeout)
+                config = index_config(index_type, args)
+                build_s = build(client, name, config, train, args.train_timeout)
+                local = inprocess_index({"train_num": args.train_num, **config}, train, args.shards)
                 runs: list[tuple[str, dict[str, int | None]]] = [("default", {})]
                 if index_type.startswith("ivf"):
                     runs += [(f"nprobe={n}", {"nprobe": n}) for n in NPROBES]
@@ -129,13 +180,32 @@ def main() -> None:
                     runs += [(f"ef_search={e}", {"ef_search": e}) for e in EF_SEARCHES]
                 for label, knobs in runs:
                     found, qps = timed_search(client, name, queries, **knobs)
-                    recall = recall_at_k(found, exact_ids)
-                    print(f"{index_type:<9} {label:<14} {recall:>9.4f} {qps:>10.0f} {build_s:>8.1f}", flush=True)
+                    local_found, local_qps = inprocess_rate(local, queries, knobs)
+                    recall, local_recall = recall_at_k(found, exact_ids), recall_at_k(local_found, exact_ids)
+                    say(f"{index_type:<9} {label:<14} {recall:>9.4f} {qps:>10.0f} {local_qps:>11.0f}", end="")
+                    say(f" {qps / local_qps:>10.2f} {local_recall:>14.4f} {build_s:>8.1f}", flush=True)
+                    rows.append(
+                        {
+                            "type": index_type,
+                            "knob": label,
+                            "recall": round(recall, 4),
+                            "qps": round(qps),
+                            "inprocess_qps": round(local_qps),
+                            "of_inprocess": round(qps / local_qps, 4),
+                            "inprocess_recall": round(local_recall, 4),
+                            "build_s": round(build_s, 2),
+                        }
+                    )
                 if index_type == "flat":
                     result = client.search(name, queries, top_k=TOP_K)
                     gap = float(np.max(np.abs(result.scores - np.sqrt(np.maximum(exact_d, 0)))))
-                    print(f"flat vs faiss IndexFlatL2: largest distance difference {gap:.2e} (scores are L2 distances)")
+                    say(f"flat vs faiss IndexFlatL2: largest distance difference {gap:.2e} (scores are L2 distances)")
+                del local
                 client.drop_index(name)
+    if args.json:
+        summary = {"shards": args.shards, "queries": len(queries), "loadavg_1m": os.getloadavg()[0], "rows": rows}
+        summary["min_of_inprocess"] = min(r["of_inprocess"] for r in rows)
+        print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":
