@@ -93,7 +93,10 @@ class EncoderChain(BaseEncoder):
     def fit(self, items: Sequence[Any]) -> np.ndarray:
         """Train every trainable stage on `items` in turn; return the trained chain's vectors of them."""
         self._require_started()
-        vectors = self.encoder.encode(items)
+        return self.fit_vectors(self.encoder.encode(items))
+
+    def fit_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """`fit` given the first stage's vectors of the items."""
         for stage in self.stages[1:]:
             if getattr(stage, "trainable", False):
                 stage.fit(vectors)

@@ -10,6 +10,7 @@ nothing. An EMBED or QUERY has to answer for every item, so there one bad item f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,15 @@ class TrainedState:
         self.log.info("saved the trained encoder stages to %s", self.file)
 
 
-def encode_request(encoder: Any, request: pb.Request, envelope: pb.Envelope, state: TrainedState) -> None:
-    """Set the vectors of an INDEX, TRAIN, EMBED or QUERY request (vectors the caller gave are kept)."""
+def encode_request(
+    encoder: Any,
+    request: pb.Request,
+    envelope: pb.Envelope,
+    state: TrainedState,
+    keepalive: Callable[[], None] = lambda: None,
+) -> None:
+    """Set the vectors of an INDEX, TRAIN, EMBED or QUERY request (vectors the caller gave are
+    kept). `keepalive` is called between the encoder's batches: a CNN can take seconds for one."""
     state.refresh()
     max_pixels = getattr(encoder, "max_pixels", None) or DEFAULT_MAX_PIXELS
     kind = request.WhichOneof("body")
@@ -96,15 +104,28 @@ def encode_request(encoder: Any, request: pb.Request, envelope: pb.Envelope, sta
         body.docs.extend(kept)
         envelope.doc_errors.extend(errors)
     if kind == "train" and items and getattr(encoder, "trainable", False):
-        vectors = encoder.fit(items)
+        vectors = encoder.fit_vectors(_in_batches(encoder.encoder.encode, items, encoder, keepalive))
         state.save()
     elif items:
-        vectors = encoder.encode(items)
+        vectors = _in_batches(encoder.encode, items, encoder, keepalive)
     else:  # every document refused (they are named in doc_errors), or a TRAIN with none
         vectors = np.zeros((0, encoder.dim), np.float32)
     array_to_nd(vectors, body.embeddings)
     for doc in body.docs:
         _drop_content(encoder, doc)
+
+
+def _in_batches(
+    encode: Callable[[list[Any]], np.ndarray], items: list[Any], encoder: Any, keepalive: Callable[[], None]
+) -> np.ndarray:
+    """`encode(items)` a batch at a time (the batch size of the encoder, or of a chain's first
+    stage), with `keepalive()` after each."""
+    size = getattr(getattr(encoder, "encoder", encoder), "batch_size", None) or len(items)
+    parts = []
+    for start in range(0, len(items), size):
+        parts.append(encode(items[start : start + size]))
+        keepalive()
+    return np.concatenate(parts)
 
 
 def _items(encoder: Any, body: Any, max_pixels: int) -> tuple[list[Any], list[pb.DocError]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..config import load_component
@@ -64,13 +66,19 @@ class EncoderService(BaseService):
         if named and kind in ("index", "train", "search") and not getattr(request, kind).index_name:
             getattr(request, kind).index_name = named  # a named model's own logical index (its dimension)
         if handles(self.encoder, request):  # images, or trained stages: gnes/encoder/requests.py
-            encode_request(self.encoder, request, env, self._trained)
+            encode_request(self.encoder, request, env, self._trained, self._keepalive)
         elif kind == "search":
             self._encode_query(request.search)
         else:
             self._encode_docs(getattr(request, kind))
         packet.body = request.SerializeToString()
         self.send_out(packet)
+
+    def _keepalive(self) -> None:
+        """A HELLO between the batches of a long encode, so that the dispatcher does not take
+        this encoder for dead meanwhile (gnes/elastic/link.py WORKER_DEAD_AFTER_S)."""
+        if self._worker is not None:
+            self._worker.on_timer(time.monotonic())
 
     def _encode_docs(self, body: pb.Request.IndexRequest | pb.Request.TrainRequest | pb.Request.EmbedRequest) -> None:
         if body.HasField("embeddings"):  # vectors given by the caller (bulk load): nothing to encode
