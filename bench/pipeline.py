@@ -5,12 +5,18 @@ through the streaming gRPC call, then 300 sequential queries (top_k 10) after 20
 queries. The stack is compose/gnes-swarm.yml run as local processes (3 shards). The
 baseline calls the encoder and one shard index directly, in this process.
 
-    python bench/pipeline.py [--encoders hash,minilm] [--docs 10000] [--shards 3]
+The floor of a query: the frontend alone (STATUS over gRPC, measured in each stack run) plus
+QUERY_HOPS ZeroMQ hops between processes (one hop measured through a `gnes proxy`). Every
+figure's ratio is taken against what was measured in the same run. `--shards 1,3` runs a
+stack of each size; `--json` prints one JSON line with every figure instead of the table.
+
+    python bench/pipeline.py [--encoders hash,minilm] [--docs 10000] [--shards 3] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -187,31 +193,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoders", default="hash,minilm")
     parser.add_argument("--docs", type=int, default=10_000)
-    parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--shards", default="3", help="shard counts, comma-separated: a stack of each")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
+    say = (lambda *a, **k: None) if args.json else print
+    shard_counts = [int(n) for n in args.shards.split(",")]
     docs = short_documents(args.docs)
     rng = np.random.default_rng(0)
     queries = [docs[i] for i in rng.integers(0, len(docs), WARMUP + QUERIES)]
-    print(
+    say(
         f"{args.docs} documents in requests of {BATCH}; {QUERIES} queries (top_k {TOP_K}) after {WARMUP} warm-up;"
-        f" stack: {args.shards} shards, local processes on loopback; {os.cpu_count()} cores"
+        f" stacks: {args.shards} shards, local processes on loopback; {os.cpu_count()} cores"
     )
-    for name in args.encoders.split(","):
-        stack = run_stack(name, docs, queries, args.shards)
-        base = run_in_process(name, docs, queries)
-        print(f"\n[{name}]              index docs/s   query p50 ms   query p99 ms")
-        print(f"  stack               {stack['docs_per_s']:12.0f}   {stack['p50_ms']:12.3f}   {stack['p99_ms']:12.3f}")
-        print(f"  in-process          {base['docs_per_s']:12.0f}   {base['p50_ms']:12.3f}   {base['p99_ms']:12.3f}")
-        ratio = stack["docs_per_s"] / base["docs_per_s"]
-        print(f"  stack / in-process  {ratio:12.2f}   {stack['p50_ms'] / base['p50_ms']:12.1f}x")
-        print(f"  frontend alone (STATUS over gRPC, no pipeline): p50 {stack['frontend_p50_ms']:.3f} ms")
     hop = zmq_hop_ms()
-    front = stack["frontend_p50_ms"]
-    print(f"\none ZeroMQ hop between two gnes processes (through a gnes proxy and back, halved): {hop:.3f} ms")
-    print(
-        f"floor of a query through the stack, before any encoding or search: frontend alone + {QUERY_HOPS} hops"
-        f" = {front:.3f} + {QUERY_HOPS} x {hop:.3f} = {front + QUERY_HOPS * hop:.3f} ms"
-    )
+    result: dict[str, object] = {"docs": args.docs, "hop_ms": round(hop, 4), "loadavg_1m": os.getloadavg()[0]}
+    for name in args.encoders.split(","):
+        base = run_in_process(name, docs, queries)
+        figures: dict[str, object] = {"inprocess": {k: round(v, 4) for k, v in base.items()}}
+        say(f"\n[{name}]                    index docs/s   query p50 ms   query p99 ms")
+        say(f"  in-process                {base['docs_per_s']:12.0f}   {base['p50_ms']:12.3f}   {base['p99_ms']:12.3f}")
+        for shards in shard_counts:
+            stack = run_stack(name, docs, queries, shards)
+            floor = stack["frontend_p50_ms"] + QUERY_HOPS * hop
+            row = {k: round(v, 4) for k, v in stack.items()}
+            row.update(
+                floor_ms=round(floor, 4),
+                index_of_inprocess=round(stack["docs_per_s"] / base["docs_per_s"], 4),
+                p50_of_floor=round(stack["p50_ms"] / floor, 4),
+            )
+            figures[f"{shards}_shards"] = row
+            say(
+                f"  stack, {shards} shard(s)        {stack['docs_per_s']:12.0f}   {stack['p50_ms']:12.3f}"
+                f"   {stack['p99_ms']:12.3f}   {row['index_of_inprocess']:.2f} of in-process indexing,"
+                f" p50 {row['p50_of_floor']:.2f} x the floor ({stack['frontend_p50_ms']:.3f} frontend"
+                f" + {QUERY_HOPS} x {hop:.3f} hop = {floor:.3f} ms)"
+            )
+        result[name] = figures
+    say(f"\none ZeroMQ hop between two gnes processes (through a gnes proxy and back, halved): {hop:.3f} ms")
+    if args.json:
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
