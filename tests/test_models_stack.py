@@ -6,6 +6,7 @@ that does not take them, the CLI, then remove the model and the default one is u
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -154,6 +155,21 @@ def test_a_users_faiss_index_gives_the_same_neighbours_through_gnes_as_faiss(run
     bad = {**body, "name": "user-bad", "map_path": str(tmp_path / "short.csv")}
     got = client.post("/indexes/import", json=bad)
     assert got.status_code == 422 and "short.csv does not cover 29 of the 30 ids" in got.text, got.text
+
+
+def test_gnes_eval_scores_the_served_models_on_lee_2005(running, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    stack, client, url = running
+    if not stack.slots("model-lsa"):
+        assert client.post("/models", json={"name": "lsa", "package": "gnes.models.tfidf_svd"}).status_code == 201
+    png = tmp_path / "models.png"
+    args = argparse.Namespace(command="eval", http=url, token="", timeout=300.0, models="", chart=str(png), json=True)
+    assert run_model_cli(args) == 0
+    scores = json.loads(capsys.readouterr().out.splitlines()[0])["scores"]
+    assert sorted(scores) == ["default", "lsa"]  # every served model
+    # MiniLM agrees with the human ratings better than LSA (measured: Pearson 0.66 and 0.44 here)
+    assert scores["default"]["pearson"] > scores["lsa"]["pearson"] > 0.2
+    assert 0 < scores["lsa"]["ndcg@10"] < scores["default"]["ndcg@10"] <= 1
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_cli_lists_and_reports_then_removes_and_the_default_is_unaffected(running, capsys) -> None:  # type: ignore[no-untyped-def]
