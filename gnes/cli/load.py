@@ -4,7 +4,8 @@ Why a separate command: vectors made elsewhere (a GPU batch job, another model) 
 pass through the encoder pipeline, nor be read into memory whole. The file is memory-mapped
 and sent in batches with several batches in flight (``IndexClient.add_stream``), so a file
 larger than RAM loads at the rate the shards can take it. float16 files stay float16 on
-disk and are widened one batch at a time. Metadata is a JSON-lines file read line by line.
+disk and on the wire (half the bytes to read, copy and send); the shards widen them.
+Metadata is a JSON-lines file read line by line.
 
 Bad input is found before anything is sent where that is cheap (file shapes, dims, id and
 meta line counts); a meta line that is not JSON is only found when its batch is read, and
@@ -193,7 +194,7 @@ def _read_yaml_config(path: Path, text: str) -> Any:
 
 @dataclass
 class Batch:
-    """One request's worth: float32 vectors, and ids / metas when the input has them."""
+    """One request's worth: float32 (or float16, as read) vectors, and ids / metas when the input has them."""
 
     vectors: np.ndarray
     ids: np.ndarray | None
@@ -208,8 +209,11 @@ def iter_batches(
     batch_size: int,
     ids: np.ndarray | None = None,
     metas: Iterator[dict[str, Any]] | None = None,
+    keep_float16: bool = False,
 ) -> Iterator[Batch]:
-    """Consecutive row ranges of the inputs; only the rows of the current batch are read and converted."""
+    """Consecutive row ranges of the inputs; only the rows of the current batch are read and converted
+    (to float32, or float16 rows kept as they are with `keep_float16`: what `gnes load` sends)."""
+    dtype = np.float16 if keep_float16 and vectors.dtype == np.float16 else np.float32
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for start in range(0, len(vectors), batch_size):
@@ -220,7 +224,7 @@ def iter_batches(
             if len(batch_metas) != stop - start:  # count_lines checked this; the file changed under us
                 raise LoadError(f"the meta file ended after {start + len(batch_metas)} lines, before the vectors")
         yield Batch(
-            vectors=np.ascontiguousarray(vectors[start:stop], dtype=np.float32),
+            vectors=np.ascontiguousarray(vectors[start:stop], dtype=dtype),
             ids=None if ids is None else np.ascontiguousarray(ids[start:stop], dtype=np.int64),
             metas=batch_metas,
         )
@@ -321,7 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=sorted(_RAW_DTYPES),
         default=None,
-        help="number type of a raw file (default float32); float16 is widened to float32 per batch",
+        help="number type of a raw file (default float32); float16 is sent as float16, widened by the shards",
     )
     parser.add_argument("--ids", type=Path, default=None, help="int64 .npy file with one id per vector")
     parser.add_argument("--meta", type=Path, default=None, help="JSON-lines file with one JSON object per vector")
@@ -427,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
         # so that batches already in flight are still acknowledged and counted.
         metas = iter_metas(inputs.meta_path) if inputs.meta_path is not None else None
         try:
-            for batch in iter_batches(inputs.vectors, args.batch_size, inputs.ids, metas):
+            for batch in iter_batches(inputs.vectors, args.batch_size, inputs.ids, metas, keep_float16=True):
                 yield batch.as_tuple()
         except LoadError as exc:
             stopped.append(exc)
