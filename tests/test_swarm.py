@@ -246,3 +246,62 @@ def _http_search_finds(swarm: Swarm, text: str) -> None:
     found = httpx.post(f"{base}/search", json={"text": text, "top_k": 3}, timeout=30)
     assert found.status_code == 200, found.text
     assert found.json()["results"][0]["text"] == text, found.json()
+
+
+PLUGIN = """
+import hashlib
+import numpy as np
+
+DIM = 32
+
+def get_embed_fn():
+    def embed(texts):
+        rows = [np.frombuffer(hashlib.sha256(t.encode()).digest(), np.uint8) for t in texts]
+        out = np.asarray(rows, np.float32) - 127.5
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+    return embed
+"""
+
+
+def test_swarm_named_model_is_a_service_added_and_removed_live(swarm: Swarm, tmp_path: Path) -> None:
+    """The Swarm backend of the model controller (gnes/models/swarm.py), driven from this host through the
+    engine's socket: a plugin model becomes a service on the stack's network, answers through the stack's
+    HTTP service under its name with its own index while the default model answers, and is removed."""
+    import httpx
+
+    from gnes.models.swarm import SwarmBackend
+
+    plugin = tmp_path / "hash32.py"
+    plugin.write_text(PLUGIN)
+    backend = SwarmBackend(STACK, socket=swarm.env["DOCKER_HOST"].removeprefix("unix://"))
+    base = f"http://127.0.0.1:{swarm.http_port}"
+    _wait("the HTTP service to be ready", lambda: httpx.get(f"{base}/readyz", timeout=5).status_code == 200, 60)
+    backend.add("hash32", {"plugin": str(plugin)}, 1)
+    try:
+        assert backend.list()["hash32"]["replicas"] == 1
+
+        def answers() -> bool:
+            got = httpx.post(f"{base}/apply/hash32", json={"title": "probe"}, timeout=30)
+            return got.status_code == 200 and len(got.json()["embedding"]) == 32
+
+        _wait("the new model to answer", answers, 180)
+        with GnesClient(port=swarm.grpc_port, timeout=60) as client:
+            client.admin(pb.Request.AdminRequest.CREATE, index_name="hash32", config_json=json.dumps({"dim": 32}))
+        docs = [{"id": 700 + i, "text": f"named model document number {i}"} for i in range(20)]
+        got = httpx.post(f"{base}/index", json={"documents": docs, "model": "hash32"}, timeout=60)
+        assert got.status_code == 200 and got.json()["indexed"] == 20, got.text
+        got = httpx.post(f"{base}/searchwith/hash32", json={"title": docs[7]["text"]}, timeout=30)
+        assert got.status_code == 200 and got.json()["results"][0]["id"] == 707, got.text
+        got = httpx.post(f"{base}/apply/default", json={"title": "the default model"}, timeout=30)
+        assert got.status_code == 200 and len(got.json()["embedding"]) == 64, got.text
+    finally:
+        backend.remove("hash32")
+    assert "hash32" not in backend.list()
+
+    def refused() -> bool:
+        got = httpx.post(f"{base}/apply/hash32", json={"title": "probe"}, timeout=30)
+        return got.status_code == 404 and "no encoder serves the model" in got.text
+
+    _wait("the removed model to be refused", refused, 120)
+    got = httpx.post(f"{base}/apply/default", json={"title": "still answering"}, timeout=30)
+    assert got.status_code == 200, got.text
