@@ -19,6 +19,7 @@ from gnes.indexer.logical import STORE_DIR, LogicalIndex
 from gnes.indexer.store import IndexStore, id_keys
 
 DIM = 24
+BIG = 12_000  # rows of DIM float32: 1.15 MB, a write large enough for the segment file
 
 
 def vectors(n: int, seed: int) -> np.ndarray:
@@ -57,11 +58,11 @@ def test_replay_after_a_snapshot_touches_only_the_ids_written_after_it(tmp_path:
 
 def test_rows_of_a_write_that_never_committed_are_cut_off_at_open(tmp_path: Path) -> None:
     store = IndexStore(tmp_path / "s", DIM)
-    first = vectors(300, seed=4)
-    store.put(np.arange(300), first, [""] * 300, [""] * 300)
+    first = vectors(BIG, seed=4)  # over 1 MiB: its vectors go to the segment file
+    store.put(np.arange(BIG), first, [""] * BIG, [""] * BIG)
     segment = tmp_path / "s" / "vectors-float32.seg"
     committed_size = segment.stat().st_size
-    assert committed_size == 300 * DIM * 4
+    assert committed_size == BIG * DIM * 4
     store.close()
     # A crash after the rows were written but before LMDB committed them: rows past the count.
     with segment.open("ab") as f:
@@ -69,16 +70,22 @@ def test_rows_of_a_write_that_never_committed_are_cut_off_at_open(tmp_path: Path
     store = IndexStore(tmp_path / "s", DIM)
     try:
         assert segment.stat().st_size == committed_size
-        assert store.count() == 300 and store.dead_rows == 0
+        assert store.count() == BIG and store.segment_rows == BIG
+        # A small write keeps its vectors in LMDB: the segment file does not grow.
         second = vectors(50, seed=6)
-        store.put(np.arange(300, 350), second, [""] * 50, [""] * 50)
-        got, found = store.get_vectors(np.arange(250, 350))
-        assert found.all() and np.array_equal(got, np.concatenate([first[250:], second]))
-        # An update appends a new row; the old one is garbage counted by dead_rows.
-        store.put(np.arange(0, 10), second[:10], [""] * 10, [""] * 10)
-        assert store.count() == 350 and store.dead_rows == 10
-        got, _ = store.get_vectors(np.arange(0, 10))
-        assert np.array_equal(got, second[:10])
+        store.put(np.arange(5, 55), second, [""] * 50, [""] * 50)
+        assert store.count() == BIG and store.segment_rows == BIG
+        expected = first.copy()
+        expected[5:55] = second
+        got, found = store.get_vectors(np.arange(BIG))
+        assert found.all() and np.array_equal(got, expected)
+        walked = list(store.iter_vectors(batch=5000))
+        assert np.array_equal(np.concatenate([i for i, _ in walked]), np.arange(BIG))
+        assert np.array_equal(np.concatenate([v for _, v in walked]), expected)
+        # A large update appends new rows after the committed ones (the old rows stay as garbage).
+        store.put(np.arange(BIG), first[::-1].copy(), [""] * BIG, [""] * BIG)
+        assert store.segment_rows == 2 * BIG
+        assert np.array_equal(store.get_vectors(np.arange(3))[0], first[::-1][:3])
     finally:
         store.close()
 
@@ -98,18 +105,21 @@ def test_a_large_write_overlaps_the_callers_work_and_is_durable_when_put_returns
 
 
 def test_float16_storage_halves_the_rows_and_reads_back_the_rounded_values(tmp_path: Path) -> None:
-    config = IndexConfig(dim=DIM, metric="ip", store_dtype="float16")
-    data = vectors(500, seed=8)
+    config = IndexConfig(dim=DIM, metric="l2", store_dtype="float16")
+    rows = 2 * BIG  # float16 rows are half the size: twice as many for the segment file
+    data = np.concatenate([vectors(rows, seed=8), vectors(10, seed=11)])
     index = LogicalIndex.create("half", config, tmp_path / "half")
-    index.add(np.arange(500), data)
+    index.add(np.arange(rows), data[:rows])
+    index.add(np.arange(rows, rows + 10), data[rows:])  # a small write: float16 inline in LMDB
     index.close(save=False)
-    assert (tmp_path / "half" / STORE_DIR / "vectors-float16.seg").stat().st_size == 500 * DIM * 2
+    assert (tmp_path / "half" / STORE_DIR / "vectors-float16.seg").stat().st_size == rows * DIM * 2
     reopened = LogicalIndex.open("half", tmp_path / "half")
     try:
-        assert reopened.rebuilt == 500
-        stored, found = reopened.store.get_vectors(np.arange(500))
+        assert reopened.rebuilt == rows + 10
+        stored, found = reopened.store.get_vectors(np.arange(rows + 10))
         assert found.all() and np.array_equal(stored, data.astype(np.float16).astype(np.float32))
-        assert [h[0].doc_id for h in reopened.search(data[:4], top_k=1)] == [0, 1, 2, 3]
+        queries = data[[0, 1, rows, rows + 9]]
+        assert [h[0].doc_id for h in reopened.search(queries, top_k=1)] == [0, 1, rows, rows + 9]
     finally:
         reopened.close()
     with pytest.raises(ValueError, match="holds float16 vectors"):

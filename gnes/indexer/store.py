@@ -1,7 +1,8 @@
 """The durable half of a logical index: documents, vectors and a change log.
 
-Vectors are rows of an append-only segment file (gnes/indexer/segment.py); LMDB holds the
-documents, id -> row number, the number of committed rows, and the change log. Every write
+Vectors of large writes are rows of an append-only segment file (gnes/indexer/segment.py);
+LMDB holds the documents, id -> row number (or the vector itself, for small writes), the
+number of committed rows, and the change log. Every write
 is one LMDB transaction that stores the documents and row numbers *and* appends a change-log
 record (sequence number -> ids touched); the rows were written (and fdatasync'd) to the
 segment file just before, while the caller did its own work (`put(meanwhile=...)`). With
@@ -34,8 +35,14 @@ _HEADER = 5
 _OP_PUT, _OP_DELETE = b"P", b"D"
 _MAX_MAP_BYTES = 1 << 40
 _COMMITTED, _DTYPE = b"committed", b"dtype"
-# Below this many bytes a write goes to the segment file at once: a thread would cost more.
-_OVERLAP_BYTES = 1 << 20
+# A write's vectors below this many bytes stay in LMDB, next to their documents: one commit
+# and its syncs, where a segment write would add an fdatasync of its own (a pipeline's
+# batches of 100 took 1.7 times as long). From here up they go to the segment file, from a
+# thread, overlapped with the caller's work.
+_SEGMENT_BYTES = 1 << 20
+# id -> where its vector is: 8 bytes are a row number of the segment file; b"V" + the row is
+# the vector itself (row sizes are even, so the two never have the same length).
+_INLINE = b"V"
 
 
 def _import_lmdb() -> Any:
@@ -140,9 +147,9 @@ class IndexStore:
         return self._seq
 
     @property
-    def dead_rows(self) -> int:
-        """Rows of the segment file that no id refers to any more (replaced or deleted)."""
-        return self._segment.committed - self._count
+    def segment_rows(self) -> int:
+        """Rows in the segment file, those of replaced or deleted ids included (no compaction yet)."""
+        return self._segment.committed
 
     def count(self) -> int:
         return self._count
@@ -171,11 +178,14 @@ class IndexStore:
         keys = id_keys(ids)
         written: list[int | BaseException] = []
         writer = None
-        if len(ids) * self._segment.row_bytes >= _OVERLAP_BYTES:
+        if len(ids) * self._segment.row_bytes >= _SEGMENT_BYTES:
             writer = threading.Thread(target=_write_rows, args=(self._segment, vectors, written), daemon=True)
             writer.start()
         else:
-            _write_rows(self._segment, vectors, written)
+            rows = np.ascontiguousarray(vectors, dtype=self._segment.dtype).tobytes()
+            size = self._segment.row_bytes
+            written.append(self._segment.committed)
+            locations = [_INLINE + rows[i * size : (i + 1) * size] for i in range(len(ids))]
         try:
             # Encode everything first: a text that is not valid Unicode fails before any commit.
             docs = list(zip(keys, map(encode_doc, text_list, meta_list), strict=True))
@@ -188,11 +198,15 @@ class IndexStore:
             raise written[0]
         first = written[0]
         seq = self._seq + 1
-        total = first + len(ids)
+        if writer is not None:
+            locations = _row_values(first, len(ids))
+            total = first + len(ids)
+        else:
+            total = first
 
         def work(txn: Any) -> int:
             txn.cursor(db=self._docs).putmulti(docs)
-            txn.cursor(db=self._rows).putmulti(zip(keys, _row_values(first, len(ids)), strict=True))
+            txn.cursor(db=self._rows).putmulti(zip(keys, locations, strict=True))
             txn.put(_COMMITTED, total.to_bytes(8, "little"), db=self._meta)
             txn.put(_seq_key(seq), _OP_PUT + ids.astype("<i8").tobytes(), db=self._log)
             # The transaction's own view counts the new keys; replaced ones are not new.
@@ -238,9 +252,20 @@ class IndexStore:
             values = [txn.get(key, db=self._rows) for key in id_keys(ids)]
         found = np.fromiter((value is not None for value in values), dtype=bool, count=len(values))
         if found.any():
-            rows = np.frombuffer(b"".join(v for v in values if v is not None), dtype="<u8").astype(np.int64)
-            out[found] = self._segment.read(rows)
+            out[found] = self._vectors_at([v for v in values if v is not None])
         return out, found
+
+    def _vectors_at(self, locations: list[bytes]) -> np.ndarray:
+        """float32 rows for values of the rows database: segment row numbers or inline vectors."""
+        inline = np.fromiter((len(v) != 8 for v in locations), dtype=bool, count=len(locations))
+        out = np.empty((len(locations), self.dim), dtype=np.float32)
+        if not inline.all():
+            refs = b"".join(v for v in locations if len(v) == 8)
+            out[~inline] = self._segment.read(np.frombuffer(refs, dtype="<u8").astype(np.int64))
+        if inline.any():
+            raw = b"".join(v[1:] for v in locations if len(v) != 8)
+            out[inline] = np.frombuffer(raw, dtype=self._segment.dtype).reshape(-1, self.dim)
+        return out
 
     def iter_vectors(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every stored (ids, float32 vectors), in id order, `batch` rows at a time."""
@@ -252,8 +277,7 @@ class IndexStore:
                 if not items:
                     return
                 ids = np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
-                rows = np.frombuffer(b"".join(value for _, value in items), dtype="<u8").astype(np.int64)
-                yield ids, self._segment.read(rows)
+                yield ids, self._vectors_at([value for _, value in items])
 
     def ids(self) -> np.ndarray:
         """Every stored id, in id order (keys only: no vector is read)."""
