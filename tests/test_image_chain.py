@@ -147,3 +147,42 @@ def test_a_dump_of_another_chain_is_refused(tmp_path: Path) -> None:
         np.savez(tmp_path / "evil.npz", meta=np.array([object()], dtype=object))
         with pytest.raises(ValueError, match="allow_pickle"):
             chain.load(tmp_path / "evil.npz")
+
+
+TEXT_CHAIN = "!EncoderChain\nstages:\n  - !HashEncoder {dim: 32}\n  - !PCAEncoder {output_dim: 4}\n"
+
+
+def test_a_text_chain_trains_through_the_same_request_path(tmp_path: Path) -> None:
+    """A trainable chain after a text encoder: TRAIN fits and saves, then INDEX encodes; an empty
+    text is refused on its own; the service's text path is not used for it."""
+    import logging
+
+    from gnes.encoder.requests import TrainedState, encode_request, handles
+
+    chain = load_component(
+        "!EncoderChain\nstages:\n  - !HashEncoder {dim: 32}\n  - !PCAEncoder {output_dim: 4}\n", BaseEncoder
+    )
+    texts = [f"document number {i} about {topic}" for i, topic in enumerate(["cats", "dogs", "rain", "sun"] * 3)]
+    with chain:
+        state = TrainedState(chain, str(tmp_path), logging.getLogger("test"))
+        request = pb.Request()
+        for i, text in enumerate(texts):
+            request.train.docs.add(doc_id=i, raw_text=text)
+        request.train.docs.add(doc_id=50, raw_text="   ")
+        envelope = pb.Envelope()
+        assert handles(chain, request)
+        encode_request(chain, request, envelope, state)
+        assert [e.doc_id for e in envelope.doc_errors] == [50] and "no text" in envelope.doc_errors[0].reason
+        assert nd_to_array(request.train.embeddings).shape == (len(texts), 4)
+        assert (tmp_path / DUMP_FILE).exists()
+        index = pb.Request()
+        index.index.docs.add(doc_id=1, raw_text=texts[1])
+        encode_request(chain, index, pb.Envelope(), state)
+        np.testing.assert_allclose(nd_to_array(index.index.embeddings), chain.encode([texts[1]]))
+    # A fresh chain picks the saved state up through the same TrainedState as the service uses.
+    with load_component(
+        "!EncoderChain\nstages:\n  - !HashEncoder {dim: 32}\n  - !PCAEncoder {output_dim: 4}\n", BaseEncoder
+    ) as fresh:
+        assert not fresh.trained
+        TrainedState(fresh, str(tmp_path), logging.getLogger("test")).refresh()
+        assert fresh.trained
