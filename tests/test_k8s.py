@@ -60,7 +60,15 @@ def test_every_manifest_is_valid_for_kubernetes() -> None:
 def test_the_indexer_is_a_stateful_set_with_a_claim_per_pod_and_the_others_are_deployments() -> None:
     sets, deployments = by_kind("StatefulSet"), by_kind("Deployment")
     assert sorted(sets) == ["indexer"]
-    assert sorted(deployments) == ["encoder", "frontend", "http", "income-proxy", "middleman-proxy", "outgoing-proxy"]
+    assert sorted(deployments) == [
+        "encoder",
+        "frontend",
+        "http",
+        "income-proxy",
+        "middleman-proxy",
+        "outgoing-proxy",
+        "preprocess",  # 0 replicas unless chunking is wanted
+    ]
     indexer = sets["indexer"]
     claim = indexer["spec"]["volumeClaimTemplates"][0]
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
@@ -79,7 +87,8 @@ def test_services_are_headless_except_the_published_entry_points_and_every_peer_
     for name in ("frontend", "http"):  # the status overview asks every Service's control port
         peers = {item["name"]: item["value"] for item in container(workloads[name])["env"]}["GNES_STATUS_PEERS"]
         where = dict(item.split("=") for item in peers.split(","))
-        assert sorted(where) == sorted(workloads) and all(w == f"{n}:5399" for n, w in where.items()), peers
+        running = [n for n, w in workloads.items() if w["spec"]["replicas"]]  # not the optional preprocess (0)
+        assert sorted(where) == sorted(running) and all(w == f"{n}:5399" for n, w in where.items()), peers
     assert {"name": "http", "port": 8080} in services["http"]["spec"]["ports"]
     for name in ("indexer", "income-proxy", "middleman-proxy", "outgoing-proxy"):
         assert services[name]["spec"]["clusterIP"] == "None", name

@@ -19,9 +19,13 @@ class BasePreprocessor(Component):
     document that would need more (with the document named), frame samplers sample down to it.
     """
 
-    def __init__(self, max_chunks: int = 256) -> None:
+    def __init__(self, max_chunks: int = 256, chunks_per_message: int = 256) -> None:
         super().__init__()
         self.max_chunks = check_int("max_chunks", max_chunks, minimum=1, maximum=MAX_CHUNKS)
+        # An encoder is silent while it encodes one message, and one silent for 10 s is taken
+        # for dead (gnes/elastic/link.py): a request is sent on in parts of at most this many
+        # chunks (a document with more goes alone), whatever the income proxy's batch size.
+        self.chunks_per_message = check_int("chunks_per_message", chunks_per_message, minimum=1)
 
     def apply(self, doc: pb.Document) -> int:
         """Add the chunks of `doc` to it; returns how many it has."""

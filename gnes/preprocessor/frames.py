@@ -31,8 +31,9 @@ class FrameSampler(BasePreprocessor):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_scan_frames: int = 100_000,
         max_chunks: int = 256,
+        chunks_per_message: int = 256,
     ) -> None:
-        super().__init__(max_chunks)
+        super().__init__(max_chunks, chunks_per_message)
         self.max_frames = check_int("max_frames", max_frames, minimum=1, maximum=self.max_chunks)
         self.max_side = check_int("max_side", max_side, minimum=8)
         self.max_pixels = check_int("max_pixels", max_pixels, minimum=1)

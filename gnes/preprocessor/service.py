@@ -68,12 +68,60 @@ class PreprocessService(BaseService):
             return
         if failures:
             self.errors += len(failures)
-            kept = [_copy(doc) for doc in good]
-            del body.docs[:]
-            body.docs.extend(kept)
             env.doc_errors.extend(failures)
-        packet.body = request.SerializeToString()
-        self.send_out(packet)
+        groups = _groups([len(doc.chunks) for doc in good], self.preprocessor.chunks_per_message)
+        if len(groups) == 1 and not failures:
+            packet.body = request.SerializeToString()
+            self.send_out(packet)
+            return
+        self._send_parts(packet, request, good, groups)
+
+    def _send_parts(self, packet: Packet, request: pb.Request, good: list[pb.Document], groups: list[range]) -> None:
+        """The request with only its good documents, in parts the reducer joins again (as the
+        income proxy's batches): every part's envelope names the refused documents, and the
+        merged answer keeps one envelope, so they are reported once."""
+        kind = request.WhichOneof("body")
+        rest = type(getattr(request, kind))()
+        rest.CopyFrom(getattr(request, kind))
+        rest.ClearField("docs")
+        for part, rows in enumerate(groups):
+            piece = pb.Request(request_id=request.request_id)
+            sub = getattr(piece, kind)
+            sub.CopyFrom(rest)
+            sub.docs.extend(good[i] for i in rows)
+            env = pb.Envelope()
+            env.CopyFrom(packet.envelope)
+            if len(groups) > 1:
+                env.num_part.append(len(groups))
+                env.part_ids.append(part)
+                env.part_id = part
+            self.send_out(Packet(env, piece.SerializeToString(), packet.received_ns))
+
+
+def _groups(sizes: list[int], limit: int) -> list[range]:
+    """Consecutive documents whose chunks add up to at most `limit` (a bigger one alone)."""
+    groups: list[range] = []
+    start, total = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > limit:
+            groups.append(range(start, i))
+            start, total = i, 0
+        total += size
+    groups.append(range(start, len(sizes)))
+    return groups
+
+
+def _groups(sizes: list[int], limit: int) -> list[range]:
+    """Consecutive documents whose chunks add up to at most `limit` (a bigger one alone)."""
+    groups: list[range] = []
+    start, total = 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and total + size > limit:
+            groups.append(range(start, i))
+            start, total = i, 0
+        total += size
+    groups.append(range(start, len(sizes)))
+    return groups
 
 
 def _copy(doc: pb.Document) -> pb.Document:

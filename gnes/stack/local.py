@@ -47,12 +47,15 @@ PORT_VARIABLES = (
     "MIDDLEMAN_PROXY_BROADCAST",
     "OUTGOING_PROXY_IN",
     "OUTGOING_PROXY_OUT",
+    "PREPROCESS_IN",
 )
 
 
 def free_port_overrides(**extra: str) -> dict[str, str]:
     """Stack-file variables that put every port of the stack on a free loopback port, plus `extra`."""
     overrides = dict(zip(PORT_VARIABLES, map(str, find_free_ports(len(PORT_VARIABLES))), strict=True))
+    # The entry points (frontend, http) send to the income proxy unless a preprocessor is put first.
+    overrides["PIPELINE_IN_PORT"] = overrides["INCOME_PROXY_IN"]
     overrides.update(extra)
     return overrides
 
