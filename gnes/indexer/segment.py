@@ -67,6 +67,8 @@ class SegmentFile:
     def read(self, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), dim] for committed row numbers."""
         view = self._rows()
+        if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+            return view[rows[0] : rows[-1] + 1].astype(np.float32)  # consecutive rows: no gather
         return np.asarray(view[rows], dtype=np.float32)
 
     def _rows(self) -> np.ndarray:

@@ -306,7 +306,8 @@ class VectorIndex:
         self._grow(n)
         self._slot_ids[:n], self._alive[:n] = slot_ids, alive
         self._next_slot = n
-        self._id_slot = {int(slot_ids[s]): int(s) for s in np.flatnonzero(alive)}
+        live = np.flatnonzero(alive)
+        self._id_slot = dict(zip(slot_ids[live].tolist(), live.tolist(), strict=True))  # 5x a comprehension
         self._dead_in_index = 0
         if not self.removable:
             in_index = self.faiss.vector_to_array(index.id_map)
