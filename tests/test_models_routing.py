@@ -109,3 +109,42 @@ def test_instruction_pairs_reach_a_model_that_takes_them_and_are_refused_by_one_
         assert a.shape == b.shape == (1, 8) and not np.allclose(a, b)  # the instruction was used
         refused = embed("", "Represent the news headline:")
         assert "the model 'default' does not take [instruction, text] pairs" in refused.error
+
+
+def test_over_http_model_admin_needs_an_admin_token_and_pairs_reach_the_pairs_model(two_models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+    from conftest import free_ports
+
+    from gnes.http.config import HttpConfig
+    from gnes.http.service import HttpService
+
+    pipe, _ = two_models
+    tokens = tmp_path / "tokens"
+    tokens.write_text("reader-token read\nadmin-token admin\n")
+    pipeline = ServiceConfig(
+        name="http",
+        port_in=pipe.ports["out_out"],
+        port_out=pipe.ports["income_in"],
+        socket_in="SUB_CONNECT",
+        socket_out="PUSH_CONNECT",
+        token_file=str(tokens),
+    )
+    config = HttpConfig(pipeline=pipeline, http_port=free_ports(1)[0])
+    config.probe_timeout_s = 10.0
+    with HttpService(config), httpx.Client(base_url=f"http://127.0.0.1:{config.http_port}", timeout=20) as client:
+        read = {"Authorization": "Bearer reader-token"}
+        admin = {"Authorization": "Bearer admin-token"}
+        body = {"name": "lsa", "package": "gnes.models.tfidf_svd"}
+        assert client.post("/models", json=body).status_code == 401
+        assert client.post("/models", json=body, headers=read).status_code == 403
+        assert client.get("/models", headers=read).status_code == 403
+        assert client.delete("/models/lsa", headers=read).status_code == 403
+        got = client.post("/models", json=body, headers=admin)  # allowed, but nothing here can start a model
+        assert got.status_code == 409 and "no model backend" in got.json()["detail"], got.text
+        pairs = {"sentences": [["Represent the news headline:", "Bushfires near Sydney"], "plain text"]}
+        got = client.post("/embedwith/pairs", json=pairs, headers=read)
+        assert got.status_code == 200 and np.array(got.json()["embeddings"]).shape == (2, 8), got.text
+        got = client.post("/embedwith/default", json=pairs, headers=read)
+        assert got.status_code == 422 and "does not take [instruction, text] pairs" in got.text, got.text
+        got = client.post("/apply/nobody", json={"title": "x"}, headers=read)
+        assert got.status_code == 404 and "no encoder serves the model 'nobody'" in got.text, got.text
