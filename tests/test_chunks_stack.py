@@ -10,13 +10,14 @@ import pytest
 from chunk_pipeline import text_query
 from conftest import REPO, stack_overrides
 
+from gnes.cli.main import main
 from gnes.client import GnesClient
 from gnes.stack.local import LocalStack
 
 pytestmark = pytest.mark.e2e
 
 
-def test_the_stack_file_puts_a_preprocessor_before_the_encoders(tmp_path: Path) -> None:
+def test_the_stack_file_puts_a_preprocessor_before_the_encoders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     overrides = stack_overrides(
         ENCODER_YAML_PATH=str(REPO / "yaml/encoder-hash.yml"),
         INDEXER_YAML_PATH=str(REPO / "yaml/indexer-hash.yml"),
@@ -34,4 +35,7 @@ def test_the_stack_file_puts_a_preprocessor_before_the_encoders(tmp_path: Path) 
         assert summary.errors == [] and summary.num_docs == 2
         hit = text_query(client, needle, top_k=2)[0]
         assert (hit.doc_id, hit.chunk_offset, hit.chunk_text) == (5, 30, needle)
-        assert client.status()["kind"] == "frontend"
+        assert client.query(needle, top_k=1)[0].chunk == needle
+        assert client.query(needle, top_k=1, chunk_reduce="doc")[0].chunk == ""  # the documents' own vectors
+        assert main(["client", "--grpc_port", overrides["GRPC_PORT"], "query", needle, "--top_k", "1"]) == 0
+        assert f"best chunk: {needle}" in capsys.readouterr().out

@@ -53,7 +53,7 @@ def run(args) -> int:  # type: ignore[no-untyped-def]
 
             return query_images_command(client, [Path(p) for p in args.image], args.top_k, args.text)
         if args.client_command == "query":
-            return _query(client, args.text, args.top_k)
+            return _query(client, args.text, args.top_k, args.chunk_reduce)
         return _status(client, getattr(args, "json", False))
 
 
@@ -91,12 +91,12 @@ def _index(client: GnesClient, path: Path, batch_size: int, start_id: int) -> in
     return 1 if summary.errors else 0
 
 
-def _query(client: GnesClient, texts: list[str], top_k: int) -> int:
+def _query(client: GnesClient, texts: list[str], top_k: int, chunk_reduce: str = "") -> int:
     status = 0
     for text in texts:
         print(f"query: {text}")
         try:
-            hits = client.query(text, top_k=top_k)
+            hits = client.query(text, top_k=top_k, chunk_reduce=chunk_reduce)
         except GnesError as exc:
             print(f"  error: {exc}")
             status = 1
@@ -104,4 +104,6 @@ def _query(client: GnesClient, texts: list[str], top_k: int) -> int:
         for rank, hit in enumerate(hits, 1):
             snippet = hit.text if len(hit.text) <= 100 else hit.text[:97] + "..."
             print(f"  {rank:2d}. {hit.score:7.4f}  [{hit.doc_id}] {snippet}")
+            if hit.chunk:  # the best chunk: why the document is here
+                print(f"      best chunk: {hit.chunk if len(hit.chunk) <= 100 else hit.chunk[:97] + '...'}")
     return status

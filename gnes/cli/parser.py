@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("text", nargs="*", help="query text (several arguments: several queries)")
     c.add_argument("--image", action="append", default=[], metavar="FILE", help="query by this image (repeatable)")
     c.add_argument("--top_k", type=int, default=10, help="results per query")
+    c.add_argument(
+        "--chunk_reduce",
+        default="",
+        choices=["", "max", "mean", "weighted", "doc"],
+        help="where documents were indexed in chunks: how chunk scores make a document's (default max; "
+        "doc: the documents' own vectors)",
+    )
     c = csub.add_parser(
         "status",
         help="every service: ready or not, model and dimension, documents per shard and index "

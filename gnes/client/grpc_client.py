@@ -25,6 +25,8 @@ class SearchHit:
     score: float
     text: str
     meta: dict[str, object] | None = None
+    # where the index holds chunks: the best chunk of the document (its text, for text chunks)
+    chunk: str = ""
 
 
 @dataclass(slots=True)
@@ -105,11 +107,13 @@ class GnesClient:
                     doc.meta_json = json.dumps(meta)
             yield request
 
-    def query(self, text: str, top_k: int = 10) -> list[SearchHit]:
+    def query(self, text: str, top_k: int = 10, chunk_reduce: str = "") -> list[SearchHit]:
+        """`chunk_reduce`: max (the default where the index holds chunks), mean, weighted, or doc."""
         request = pb.Request(request_id=next(self._request_ids))
         request.search.query.raw_text = text
         request.search.query.doc_type = pb.Document.TEXT
         request.search.top_k = top_k
+        request.search.chunk_reduce = chunk_reduce
         return self._hits(self.call(request))
 
     def query_vector(self, vector: np.ndarray, top_k: int = 10) -> list[SearchHit]:
@@ -148,5 +152,6 @@ class GnesClient:
             text = (
                 doc.raw_text if doc.WhichOneof("raw_data") == "raw_text" else doc.raw_bytes.decode("utf-8", "replace")
             )
-            hits.append(SearchHit(doc.doc_id, result.score.value, text, meta))
+            chunk = doc.chunks[0].text if doc.chunks else ""
+            hits.append(SearchHit(doc.doc_id, result.score.value, text, meta, chunk))
         return hits
