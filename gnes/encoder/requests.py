@@ -94,48 +94,60 @@ def encode_request(
     body = getattr(request, kind)
     if body.HasField("embeddings"):
         return
-    items, errors = _items(encoder, body, max_pixels)
+    training = kind == "train" and getattr(encoder, "trainable", False)
+    # A trainable chain learns from its first stage's vectors of the documents.
+    encode = encoder.encoder.encode if training else encoder.encode
+    parts, errors = _encode_docs(encode, encoder, body.docs, max_pixels, keepalive, fail_fast=kind == "embed")
     if errors and kind == "embed":
-        raise WireError("; ".join(e.reason for e in errors))
+        raise WireError(errors[0].reason)
     if errors:
         refused = {e.position for e in errors}
         kept = [_copy(d) for i, d in enumerate(body.docs) if i not in refused]
         del body.docs[:]
         body.docs.extend(kept)
         envelope.doc_errors.extend(errors)
-    if kind == "train" and items and getattr(encoder, "trainable", False):
-        vectors = encoder.fit_vectors(_in_batches(encoder.encoder.encode, items, encoder, keepalive))
-        state.save()
-    elif items:
-        vectors = _in_batches(encoder.encode, items, encoder, keepalive)
-    else:  # every document refused (they are named in doc_errors), or a TRAIN with none
+    if not parts:  # every document refused (they are named in doc_errors), or a TRAIN with none
         vectors = np.zeros((0, encoder.dim), np.float32)
+    elif training:
+        vectors = encoder.fit_vectors(np.concatenate(parts))
+        state.save()
+    else:
+        vectors = np.concatenate(parts)
     array_to_nd(vectors, body.embeddings)
     for doc in body.docs:
         _drop_content(encoder, doc)
 
 
-def _in_batches(
-    encode: Callable[[list[Any]], np.ndarray], items: list[Any], encoder: Any, keepalive: Callable[[], None]
-) -> np.ndarray:
-    """`encode(items)` a batch at a time (the batch size of the encoder, or of a chain's first
-    stage), with `keepalive()` after each."""
-    size = getattr(getattr(encoder, "encoder", encoder), "batch_size", None) or len(items)
-    parts = []
-    for start in range(0, len(items), size):
-        parts.append(encode(items[start : start + size]))
-        keepalive()
-    return np.concatenate(parts)
-
-
-def _items(encoder: Any, body: Any, max_pixels: int) -> tuple[list[Any], list[pb.DocError]]:
-    items, errors = [], []
-    for i, doc in enumerate(body.docs):
+def _encode_docs(
+    encode: Callable[[list[Any]], np.ndarray],
+    encoder: Any,
+    docs: Any,
+    max_pixels: int,
+    keepalive: Callable[[], None],
+    fail_fast: bool,
+) -> tuple[list[np.ndarray], list[pb.DocError]]:
+    """The vectors of the usable documents, a batch at a time (the encoder's batch size, or its
+    first stage's), and the refused ones. Images are decoded batch by batch, so a request holds
+    at most one batch of decoded pixels; `keepalive()` runs after each batch."""
+    size = getattr(getattr(encoder, "encoder", encoder), "batch_size", None) or len(docs) or 1
+    parts: list[np.ndarray] = []
+    errors: list[pb.DocError] = []
+    batch: list[Any] = []
+    for i, doc in enumerate(docs):
         try:
-            items.append(_item(encoder, doc, doc_name(i, doc), max_pixels))
+            batch.append(_item(encoder, doc, doc_name(i, doc), max_pixels))
         except (ImageError, WireError) as exc:
             errors.append(pb.DocError(doc_id=doc.doc_id, position=i, reason=str(exc)))
-    return items, errors
+            if fail_fast:
+                return parts, errors
+        if len(batch) == size:
+            parts.append(encode(batch))
+            batch = []
+            keepalive()
+    if batch:
+        parts.append(encode(batch))
+        keepalive()
+    return parts, errors
 
 
 def _item(encoder: Any, doc: pb.Document, name: str, max_pixels: int) -> Any:
