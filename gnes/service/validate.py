@@ -43,8 +43,9 @@ def _check_doc(i: int, doc: pb.Document, limit: int, needs_text: bool, measure: 
         size = len(doc.raw_text.encode("utf-8")) if measure else len(doc.raw_text)
     elif kind == "raw_bytes":
         size = len(doc.raw_bytes)
-    elif kind == "raw_image":
-        size = len(doc.raw_image.data)  # its shape and dtype are the image encoder's to check
+    elif kind in ("raw_image", "raw_video"):
+        # its shape and dtype are the image encoder's (or a frame preprocessor's) to check
+        size = len(getattr(doc, kind).data)
     elif kind is None:
         size = sum(len(c.text.encode("utf-8")) for c in doc.chunks)
     else:
