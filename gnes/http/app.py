@@ -94,7 +94,10 @@ def create_app(service: HttpService) -> FastAPI:
         for doc in body.documents:
             meta = json.dumps(doc.metadata) if doc.metadata is not None else ""
             request.index.docs.add(doc_id=doc.id, raw_text=_fit(service, doc.text), meta_json=meta)
-        response = await _call(service, request)
+        if _named(service, body.model):  # an unknown model is a 404, as on /apply/{model}
+            response = await models_api.call_named(service, request, body.model)
+        else:
+            response = await _call(service, request)
         return m.IndexOut(indexed=response.index.num_docs)
 
     @read.get("/flow")

@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from ..indexer.index_set import NO_SUCH_INDEX
 from ..models.controller import Controller, ModelError, backend_from_env
 from ..proto import WireError, array_to_nd, nd_to_array, pb
 from ..service.message import response_status
@@ -137,7 +138,7 @@ async def import_index(body: ImportIn, request: Request) -> dict[str, Any]:
     service = request.app.state.service
     model = _model_name(request, body.model)
     try:
-        dim = await controller(request).probe(model, 10.0) if model else service.model_dim
+        dim = await controller(request).probe(model, 10.0, wait_for_encoders=False) if model else service.model_dim
         rows = await asyncio.to_thread(load_faiss_index, body.faiss_path, body.map_path, dim, body.metric.lower())
     except (ModelError, ValueError) as exc:
         raise HTTPException(getattr(exc, "status", 422), str(exc)) from None
@@ -229,9 +230,9 @@ async def call_named(service: Any, request: pb.Request, model: str) -> pb.Respon
         raise HTTPException(422, str(exc)) from None
     response = await (await service.session.submit(request))
     if response.error or response_status(response) == pb.Response.ERROR:
-        if NO_MODEL in response.error:
+        if NO_MODEL in response.error or NO_SUCH_INDEX in response.error:
             raise HTTPException(404, response.error)
-        if "does not take [instruction, text] pairs" in response.error or "no index named" in response.error:
-            raise HTTPException(422 if "pairs" in response.error else 404, response.error)
+        if "does not take [instruction, text] pairs" in response.error:
+            raise HTTPException(422, response.error)
         raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
     return response

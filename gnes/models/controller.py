@@ -148,14 +148,15 @@ class Controller:
         if name not in models:
             raise ModelError(f"no model named {name!r} is served", 404)
         try:
-            dim = await self.probe(name, 10.0)
+            dim = await self.probe(name, 10.0, wait_for_encoders=False)
             answering, error = True, ""
         except ModelError as exc:
             dim, answering, error = self.dims.get(name), False, str(exc)
         return {"name": name, **models[name], "dim": dim, "answering": answering, "error": error}
 
-    async def probe(self, name: str, timeout_s: float) -> int:
-        """Embed a probe text with the model until it answers; its dimension."""
+    async def probe(self, name: str, timeout_s: float, wait_for_encoders: bool = True) -> int:
+        """Embed a probe text with the model until it answers; its dimension. `wait_for_encoders`:
+        a model that no encoder serves (yet) is waited for; otherwise it is a 404 at once."""
         deadline = time.monotonic() + timeout_s
         while True:
             request = pb.Request(model_name=name)
@@ -165,6 +166,8 @@ class Controller:
                 dim = int(nd_to_array(response.embed.embeddings).shape[1])
                 self.dims[name] = dim
                 return dim
+            if not wait_for_encoders and "no encoder serves" in response.error:
+                raise ModelError(response.error, 404)
             if time.monotonic() > deadline:
                 raise ModelError(f"model {name!r} did not answer within {timeout_s:g}s: {response.error}", 504)
             await asyncio.sleep(0.2)  # the map proxy has not heard the new encoders' HELLO yet
