@@ -284,3 +284,30 @@ def test_chunks_that_cannot_be_stored_are_refused(index: LogicalIndex) -> None:
     request.index.docs[0].chunks[0].ClearField("embedding")
     with pytest.raises(WireError, match="chunk 0 reached the indexer without a vector"):
         write_chunks(index, request.index)
+
+
+def test_the_reducer_keeps_a_document_once_at_its_best_score_with_that_chunk() -> None:
+    """During a handover two shards may both hold a document with its chunks: the merged answer
+    has it once, with the better score and that shard's best chunk as the evidence."""
+    from gnes.service.message import BodyType, Packet
+    from gnes.service.reducer import Reducer
+
+    reducer = Reducer()
+    out: list[Packet] = []
+    for part, hits in enumerate([[(7, 0.9, "seven's best"), (8, 0.5, "eight")], [(7, 0.8, "seven, older copy")]]):
+        env = pb.Envelope(client_id="c", request_id=1, body_type=BodyType.QUERY, is_response=True)
+        env.num_part.extend([1, 2])
+        env.part_ids.extend([0, part])
+        response = pb.Response(request_id=1)
+        response.search.top_k, response.search.is_big_score_similar = 3, True
+        for doc_id, score, chunk in hits:
+            result = response.search.topk_results.add()
+            result.doc.doc_id, result.score.value = doc_id, score
+            result.doc.chunks.add(doc_id=doc_id, text=chunk)
+            result.score.explained = json.dumps({"reduce": "max", "chunk": 0})
+        out += reducer.add(Packet(env, response.SerializeToString()))
+    merged = out[0].response().search.topk_results
+    assert [(r.doc.doc_id, round(r.score.value, 2), r.doc.chunks[0].text) for r in merged] == [
+        (7, 0.9, "seven's best"),
+        (8, 0.5, "eight"),
+    ]
