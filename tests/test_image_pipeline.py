@@ -184,15 +184,29 @@ def test_cli_index_images_and_query_by_image(pipeline, tmp_path) -> None:  # typ
         (folder / "sub" / f"{name}.jpg").write_bytes(encode_png(others[name], "JPEG"))
     (folder / "broken.png").write_bytes(encode_png(others[OTHERS[0]])[:300])
     (folder / "notes.txt").write_text("not a picture\n")
+    limit = max(p.stat().st_size for p in folder.rglob("*")) + 1
+    (folder / "zz-huge.png").write_bytes(b"\x89PNG" + bytes(limit))  # over --max_file_bytes: not sent
     base = [sys.executable, "-m", "gnes", "client", "--grpc_port", str(pipeline.grpc_port)]
     done = subprocess.run(
-        [*base, "index", "--images", str(folder), "--start_id", "500", "--batch_size", "2"],
+        [
+            *base,
+            "index",
+            "--images",
+            str(folder),
+            "--start_id",
+            "500",
+            "--batch_size",
+            "2",
+            "--max_file_bytes",
+            str(limit),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 1, done.stderr  # indexed, with errors to report
-    assert f"indexed {len(OTHERS)} of {len(OTHERS) + 2} files" in done.stdout
+    assert f"indexed {len(OTHERS)} of {len(OTHERS) + 3} files" in done.stdout
+    assert f"error: zz-huge.png: {limit + 4} bytes, over the limit of {limit} (not sent)" in done.stderr
     assert "error: broken.png: document 0 (doc_id 500): the PNG data is corrupt or truncated" in done.stderr
     assert "error: notes.txt:" in done.stderr and "not an image" in done.stderr
     query = folder / "sub" / f"{OTHERS[1]}.jpg"

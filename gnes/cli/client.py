@@ -42,7 +42,8 @@ def run(args) -> int:  # type: ignore[no-untyped-def]
         if args.client_command == "index" and args.images:  # gnes/client/images.py
             from .client_images import index_images_command
 
-            return index_images_command(client, Path(args.images), args.batch_size or 16, args.start_id)
+            folder, batch = Path(args.images), args.batch_size or 16
+            return index_images_command(client, folder, batch, args.start_id, args.max_file_bytes)
         if args.client_command == "index":
             if not args.path:
                 print("gnes client index: give a FILE or folder, or --images DIR", file=sys.stderr)

@@ -10,7 +10,7 @@ from ..client import GnesClient, GnesError
 from ..client.images import image_files, index_images, query_image
 
 
-def index_images_command(client: GnesClient, folder: Path, batch_size: int, start_id: int) -> int:
+def index_images_command(client: GnesClient, folder: Path, batch_size: int, start_id: int, max_file_bytes: int) -> int:
     from tqdm import tqdm
 
     if not folder.is_dir():
@@ -19,7 +19,7 @@ def index_images_command(client: GnesClient, folder: Path, batch_size: int, star
     total = len(image_files(folder))
     started = time.perf_counter()
     with tqdm(total=total, unit="image", desc="indexing", file=sys.stderr) as bar:
-        summary = index_images(client, folder, batch_size=batch_size, start_id=start_id, on_batch=bar.update)
+        summary = index_images(client, folder, batch_size, start_id, bar.update, max_file_bytes)
     elapsed = time.perf_counter() - started
     rate = summary.num_docs / elapsed if elapsed > 0 else 0.0
     done = f"indexed {summary.num_docs} of {total} files in {summary.requests} requests"

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("index", help="index FILE (one document per line), every file in a folder, or --images DIR")
     c.add_argument("path", nargs="?", help="a text file or a folder of text files")
     c.add_argument("--images", metavar="DIR", help="index every file under DIR as an image (PNG/JPEG, ...)")
+    c.add_argument("--max_file_bytes", type=int, default=1 << 20, help="--images: larger files are reported, not sent")
     c.add_argument("--batch_size", type=int, help="documents per request (default: 100 texts, 16 images)")
     c.add_argument("--start_id", type=int, default=0, help="doc_id of the first document")
     c = csub.add_parser("query", help="search and print ranked documents with scores")

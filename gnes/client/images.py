@@ -16,6 +16,9 @@ from pathlib import Path
 from ..proto import pb
 from .grpc_client import GnesClient, GnesError, SearchHit
 
+# The frontend's default --max_doc_bytes: a larger file would have its whole request refused.
+MAX_FILE_BYTES = 1 << 20
+
 
 @dataclass(slots=True)
 class ImageIndexSummary:
@@ -41,12 +44,22 @@ def index_images(
     batch_size: int = 16,
     start_id: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> ImageIndexSummary:
-    """Index every file under `folder` with ids start_id, start_id+1, ... in one streaming call."""
+    """Index every file under `folder` with ids start_id, start_id+1, ... in one streaming call.
+    A file over `max_file_bytes` is not sent (the frontend would refuse its whole request) and
+    is reported; its id is skipped, so ids still follow the sorted file names."""
     files = image_files(folder)
     names = {start_id + i: str(path.relative_to(folder)) for i, path in enumerate(files)}
     summary = ImageIndexSummary()
-    for response in client.stream(_requests(files, folder, batch_size, start_id)):
+    sendable = []
+    for i, path in enumerate(files):
+        size = path.stat().st_size
+        if size > max_file_bytes:
+            summary.errors.append(f"{names[start_id + i]}: {size} bytes, over the limit of {max_file_bytes} (not sent)")
+        else:
+            sendable.append((start_id + i, path))
+    for response in client.stream(_requests(sendable, folder, batch_size)):
         summary.requests += 1
         body = response.index
         refused = {e.doc_id for e in body.doc_errors}
@@ -63,13 +76,12 @@ def index_images(
     return summary
 
 
-def _requests(files: list[Path], folder: Path, batch_size: int, start_id: int) -> Iterator[pb.Request]:
-    ids = itertools.count(start_id)
+def _requests(files: list[tuple[int, Path]], folder: Path, batch_size: int) -> Iterator[pb.Request]:
     request_ids = itertools.count(1)
     for start in range(0, len(files), batch_size):
         request = pb.Request(request_id=next(request_ids))
-        for path in files[start : start + batch_size]:
-            doc = request.index.docs.add(doc_id=next(ids), doc_type=pb.Document.IMAGE)
+        for doc_id, path in files[start : start + batch_size]:
+            doc = request.index.docs.add(doc_id=doc_id, doc_type=pb.Document.IMAGE)
             doc.raw_bytes = path.read_bytes()
             doc.meta_json = json.dumps({"path": str(path.relative_to(folder))})
         yield request
