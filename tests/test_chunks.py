@@ -193,7 +193,7 @@ def _write(index: LogicalIndex, request: pb.Request) -> None:
 
 def _ranked(index: LogicalIndex, query: list[float], mode: str, k: int = 3) -> list[tuple[int, int]]:
     hits = search_chunks(index, _unit(query).reshape(1, -1), k, mode)[0]
-    return [(hit.doc_id, hit.evidence.offset) for hit in hits]
+    return [(hit.doc_id, hit.evidence.offset if hit.evidence else None) for hit in hits]
 
 
 @pytest.fixture
@@ -225,6 +225,17 @@ def test_weighted_follows_the_chunk_weights(index: LogicalIndex) -> None:
     assert [d for d, _ in _ranked(index, query, "weighted")] == [0, 1]  # 0.9 against 0.71
 
 
+def test_documents_without_chunks_compete_by_their_own_vector(index: LogicalIndex) -> None:
+    _write(index, _request({0: [[1, 0, 0, 0]], 1: [[0, 1, 0, 0]]}))
+    plain = pb.Request()  # indexed around the preprocessor: a document vector, no chunks
+    plain.index.docs.add(doc_id=9, raw_text="plain")
+    array_to_nd(_unit([0.1, 0, 1, 0]).reshape(1, -1), plain.index.embeddings)
+    _write(index, plain)
+    for mode in ("max", "mean", "weighted"):
+        hits = search_chunks(index, _unit([0, 0, 1, 0]).reshape(1, -1), 2, mode)[0]
+        assert [h.doc_id for h in hits] == [9, 0] and hits[0].evidence is None, mode
+
+
 def test_mode_choice(index: LogicalIndex) -> None:
     assert reduce_mode(index, "") is None  # no chunks yet: the documents' own vectors
     _write(index, _request({0: [[1, 0, 0, 0]]}))
@@ -252,7 +263,8 @@ def test_chunks_are_replaced_deleted_and_survive_a_reopen(tmp_path: Path) -> Non
     try:
         assert len(index.chunks) == 2 and _ranked(index, [0, 1, 0, 0], "max", k=1) == [(1, 0)]
         assert index.delete([1]) == 1
-        assert len(index.chunks) == 1 and [d for d, _ in _ranked(index, [0, 1, 0, 0], "max")] == [0]
+        # doc 0 by its chunk, doc 2 (no chunks left) by its own vector
+        assert len(index.chunks) == 1 and _ranked(index, [0, 1, 0, 0], "max") == [(0, 0), (2, None)]
     finally:
         index.close()
 

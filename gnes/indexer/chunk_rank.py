@@ -83,7 +83,21 @@ def search_chunks(
     for query, row_scores, row_keys in zip(queries, scores, keys, strict=True):
         ranked = _rank(chunks, query, row_scores, row_keys, mode, big_is_better)[:top_k]
         results.append(_with_documents(index, store, ranked, return_vectors))
+    if chunks.docs_with_chunks() < index.count():
+        # Documents stored without chunks (indexed around the preprocessor) count as one chunk,
+        # their own vector: they compete on the same scale (one model, one metric).
+        deeper = min(index.count(), top_k * _FANOUT)  # some of the best by their own vector have chunks
+        plain = index.search(queries, deeper, nprobe, ef_search, filter_field, filter_value_json, return_vectors)
+        results = [
+            _merge(mine, other, chunks, top_k, big_is_better) for mine, other in zip(results, plain, strict=True)
+        ]
     return results
+
+
+def _merge(hits: list[DocHit], plain, chunks, top_k: int, big_is_better: bool) -> list[DocHit]:  # type: ignore[no-untyped-def]
+    extra = [DocHit(h.doc_id, h.score, h.text, h.meta_json, h.vector) for h in plain if not chunks.has(h.doc_id)]
+    merged = sorted([*hits, *extra], key=lambda h: (-h.score if big_is_better else h.score, h.doc_id))
+    return merged[:top_k]
 
 
 def _rank(chunks, query, scores, keys, mode, big_is_better):  # type: ignore[no-untyped-def]

@@ -85,6 +85,9 @@ class ChunkIndex:
     def docs_with_chunks(self) -> int:
         return len(self._counts)
 
+    def has(self, doc_id: int) -> bool:
+        return doc_id in self._counts
+
     def keys_of(self, doc_ids: np.ndarray | list[int]) -> np.ndarray:
         parts = [chunk_keys(d, self._counts[d]) for d in np.asarray(doc_ids).tolist() if d in self._counts]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -19,7 +19,7 @@ class BasePreprocessor(Component):
     document that would need more (with the document named), frame samplers sample down to it.
     """
 
-    def __init__(self, max_chunks: int = 256, chunks_per_message: int = 256) -> None:
+    def __init__(self, max_chunks: int = 256, chunks_per_message: int = 64) -> None:
         super().__init__()
         self.max_chunks = check_int("max_chunks", max_chunks, minimum=1, maximum=MAX_CHUNKS)
         # An encoder is silent while it encodes one message, and one silent for 10 s is taken

@@ -31,7 +31,7 @@ class FrameSampler(BasePreprocessor):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_scan_frames: int = 100_000,
         max_chunks: int = 256,
-        chunks_per_message: int = 256,
+        chunks_per_message: int = 16,
     ) -> None:
         super().__init__(max_chunks, chunks_per_message)
         self.max_frames = check_int("max_frames", max_frames, minimum=1, maximum=self.max_chunks)

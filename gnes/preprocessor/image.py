@@ -40,7 +40,7 @@ class ImageCropper(BasePreprocessor):
         max_side: int = 1024,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_chunks: int = 64,
-        chunks_per_message: int = 64,
+        chunks_per_message: int = 10,
     ) -> None:
         super().__init__(max_chunks, chunks_per_message)
         self.mode = check_str("mode", mode, ("grid", "sliding"))

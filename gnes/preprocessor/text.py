@@ -39,7 +39,7 @@ class SentenceSplitter(BasePreprocessor):
     `sentences_per_chunk` consecutive sentences may form one chunk."""
 
     def __init__(
-        self, sentences_per_chunk: int = 1, min_words: int = 3, max_chunks: int = 256, chunks_per_message: int = 256
+        self, sentences_per_chunk: int = 1, min_words: int = 3, max_chunks: int = 256, chunks_per_message: int = 64
     ) -> None:
         super().__init__(max_chunks, chunks_per_message)
         self.sentences_per_chunk = check_int("sentences_per_chunk", sentences_per_chunk, minimum=1)
@@ -82,9 +82,7 @@ class SlidingWindowSplitter(BasePreprocessor):
     """Windows of `window` words, a new one every `stride` words (window - stride words of
     overlap); the last window ends at the document's last word."""
 
-    def __init__(
-        self, window: int = 64, stride: int = 32, max_chunks: int = 256, chunks_per_message: int = 256
-    ) -> None:
+    def __init__(self, window: int = 64, stride: int = 32, max_chunks: int = 256, chunks_per_message: int = 64) -> None:
         super().__init__(max_chunks, chunks_per_message)
         self.window = check_int("window", window, minimum=1)
         self.stride = check_int("stride", stride, minimum=1, maximum=self.window)
