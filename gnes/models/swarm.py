@@ -67,6 +67,8 @@ class SwarmBackend:
         container["Args"] = [*strip_flags(container.get("Args", []), _OWN_FLAGS), *flags, "--model_name", name]
         container["Args"] += ["--name", f"model-{name}"]
         container["Configs"] = configs  # the encoder's own config (its YAML) is not needed
+        for network in task.get("Networks", []):
+            network["Aliases"] = [f"model-{name}"]  # the stack gave the encoder's: its name is not ours
         service = self._service(name)
         spec = {
             "Name": service,
