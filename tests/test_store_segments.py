@@ -173,3 +173,46 @@ def test_an_index_request_with_an_id_array_is_checked_like_one_with_documents() 
     body.docs.add(doc_id=7)
     with pytest.raises(WireError, match="doc_ids or docs, not both"):
         index_batch(body)
+
+
+def test_vectors_in_a_frame_of_their_own_are_checked_and_the_shard_keeps_serving(shard_processes) -> None:
+    import zmq
+
+    from gnes.client import IndexClient
+    from gnes.proto import array_to_nd, pb
+    from gnes.service.message import BodyType
+
+    shards = shard_processes(1)
+    data = vectors(2000, seed=12)
+    with IndexClient(addresses=shards.addresses, timeout=30) as client:
+        client.create_index("f", {"dim": DIM, "metric": "l2"})
+        assert client.add("f", data, ids=np.arange(2000)).tolist() == list(range(2000))  # the 3-frame path
+        ctx = zmq.Context()
+        raw = ctx.socket(zmq.DEALER)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(f"tcp://127.0.0.1:{shards.ports[0]}")
+
+        def send(body_type: int, request: pb.Request, *extra: bytes) -> str:
+            envelope = pb.Envelope(client_id="raw", request_id=1, body_type=body_type)
+            raw.send_multipart([envelope.SerializeToString(), request.SerializeToString(), *extra])
+            assert raw.poll(10000), "no answer"
+            return raw.recv_multipart()[-1].decode(errors="replace")
+
+        index = pb.Request()
+        index.index.index_name = "f"
+        index.index.embeddings.shape[:] = [2, DIM]
+        index.index.embeddings.dtype = "<f4"
+        array_to_nd(np.array([5000, 5001]), out=index.index.doc_ids)
+        assert "needs 192 bytes, got 10" in send(BodyType.INDEX, index, b"0123456789")
+        assert "only an index request" in send(BodyType.QUERY, pb.Request(search=pb.Request.QueryRequest()), b"x")
+        assert "got 4" in send(BodyType.INDEX, index, b"a", b"b")
+        both = pb.Request()
+        both.CopyFrom(index)
+        array_to_nd(data[:2], out=both.index.embeddings)
+        assert "both in the message and in a frame" in send(BodyType.INDEX, both, data[:2].tobytes())
+        assert "error" not in send(BodyType.INDEX, index, data[:2].tobytes()).lower()
+        raw.close()
+        ctx.term()
+        assert client.count("f") == 2002
+        found = client.search("f", data[[7, 1999]], top_k=1).ids[:, 0].tolist()
+        assert found == [7, 1999]

@@ -91,12 +91,17 @@ class IndexClient:
         return len(self.shards)
 
     # ---- transport ---------------------------------------------------------------------
-    def _send(self, shard: int, request: pb.Request) -> int:
+    def _send(self, shard: int, request: pb.Request, payload: np.ndarray | None = None) -> int:
+        """Send a request; `payload` (an index request's vectors, an array nobody else holds)
+        goes as a frame of its own, straight from its memory (no copy into the message)."""
         self._request_id = (self._request_id + 1) & 0xFFFFFFFF
         request.request_id = self._request_id
         envelope = pb.Envelope(client_id=self._client_id, request_id=self._request_id)
         envelope.body_type = body_type_of(request)
-        self._socks[shard].send_multipart([envelope.SerializeToString(), request.SerializeToString()])
+        frames: list[Any] = [envelope.SerializeToString(), request.SerializeToString()]
+        if payload is not None:
+            frames.append(payload)
+        self._socks[shard].send_multipart(frames, copy=False)  # small frames are copied anyway
         return self._request_id
 
     def _receive(self, waiting: dict[int, int]) -> Iterator[tuple[int, pb.Response]]:
@@ -241,8 +246,8 @@ class IndexClient:
             vectors = np.asarray(vectors)
             ids = self._ids_for(len(vectors), ids)
             open_ids = set()
-            for shard, request in self._index_requests(name, vectors, ids, metas, texts):
-                rid = self._send(shard, request)
+            for shard, request, payload in self._index_requests(name, vectors, ids, metas, texts):
+                rid = self._send(shard, request, payload)
                 waiting[rid] = shard
                 open_ids.add(rid)
             pending.append((open_ids, len(ids)))
@@ -272,7 +277,7 @@ class IndexClient:
 
     def _index_requests(
         self, name: str, vectors: np.ndarray, ids: np.ndarray, metas: Any, texts: Any
-    ) -> list[tuple[int, pb.Request]]:
+    ) -> list[tuple[int, pb.Request, np.ndarray | None]]:
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be a 2-D array [n, dim], got shape {vectors.shape}")
         if metas is not None and len(metas) != len(ids):
@@ -287,21 +292,25 @@ class IndexClient:
             request = pb.Request()
             body = request.index
             body.index_name = name
-            # Straight into the message (CopyFrom would copy the bytes a second time); one
-            # shard's rows are one slice when the placement gives it all of them.
-            array_to_nd(vectors if len(rows) == len(ids) else vectors[rows], out=body.embeddings)
             docs = body.docs
             if texts is None and metas is None:  # bare vectors: the ids as one array, no Document each
+                # The vectors go as a frame of their own, sent from this array's memory while
+                # the caller may already reuse its own: so this array is a copy (the only one).
+                rows_vectors = vectors.copy() if len(rows) == len(ids) else vectors[rows]
+                body.embeddings.shape[:] = rows_vectors.shape
+                body.embeddings.dtype = rows_vectors.dtype.str
                 array_to_nd(ids if len(rows) == len(ids) else ids[rows], out=body.doc_ids)
-                parts.append((shard, request))
+                parts.append((shard, request, rows_vectors))
                 continue
+            # Straight into the message (CopyFrom would copy the bytes a second time).
+            array_to_nd(vectors[rows], out=body.embeddings)
             for row in rows.tolist():
                 doc = docs.add(doc_id=int(ids[row]))
                 if texts is not None and texts[row]:
                     doc.raw_text = texts[row]
                 if metas is not None and metas[row] is not None:
                     doc.meta_json = json.dumps(metas[row])
-            parts.append((shard, request))
+            parts.append((shard, request, None))
         return parts
 
     def delete(self, name: str, ids: np.ndarray | Sequence[int]) -> int:

@@ -23,7 +23,8 @@ def array_to_nd(array: np.ndarray, out: pb.NdArray | None = None) -> pb.NdArray:
     return out
 
 
-def nd_to_array(nd: pb.NdArray) -> np.ndarray:
+def nd_to_array(nd: pb.NdArray, data: bytes | memoryview | None = None) -> np.ndarray:
+    """The array of `nd`; `data` instead of `nd.data` when the bytes came apart from the message."""
     try:
         dtype = np.dtype(nd.dtype)
     except TypeError as exc:
@@ -32,7 +33,10 @@ def nd_to_array(nd: pb.NdArray) -> np.ndarray:
         raise WireError("object arrays are not accepted")
     shape = tuple(nd.shape)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    data = nd.data  # each read of a bytes field is a fresh copy: read it once
+    if data is None:
+        data = nd.data  # each read of a bytes field is a fresh copy: read it once
+    elif nd.data:
+        raise WireError("the array's bytes are both in the message and in a frame of their own")
     if len(data) != expected:
         raise WireError(f"NdArray of shape {shape} and dtype {dtype} needs {expected} bytes, got {len(data)}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)

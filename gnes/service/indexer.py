@@ -101,13 +101,13 @@ class IndexerService(BaseService):
         packets: list[Packet] = []
         for _ in range(_GROUP_MESSAGES):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             self.handled += 1
-            client, rest = frames[0], frames[1:]
+            client = frames[0].bytes
             try:
-                packets.append(parse_frames(rest))
+                packets.append(_direct_packet(frames[1:]))
                 clients.append(client)
             except WireError as exc:
                 # A direct client waits for an answer, so even garbage gets one.
@@ -231,9 +231,9 @@ class IndexerService(BaseService):
         if not run:
             return []
         checked: list[Batch | Exception] = []
-        for _, request in run:
+        for packet, request in run:
             try:
-                checked.append(index_batch(request.index))
+                checked.append(index_batch(request.index, packet.payload))
             except WireError as exc:
                 checked.append(exc)
         batches = [c for c in checked if not isinstance(c, Exception)]
@@ -390,11 +390,25 @@ def _joins(run: list[tuple[Packet, pb.Request]], request: pb.Request) -> bool:
     return run[0][1].index.index_name == request.index.index_name and docs <= _GROUP_DOCS
 
 
-def index_batch(body: pb.Request.IndexRequest) -> Batch:
-    """The ids, vectors, texts and metadata of an index request, checked against each other."""
+def _direct_packet(frames: list[zmq.Frame]) -> Packet:
+    """Envelope and body; a bulk index request's vectors may follow as a third frame, used
+    where libzmq received it (faiss and the segment file read it there: no copy)."""
+    if len(frames) > 3:
+        raise WireError(f"expected 2 frames (envelope, body) or 3 (and the vectors), got {len(frames)}")
+    packet = parse_frames([frame.bytes for frame in frames[:2]])
+    if len(frames) == 3:
+        if packet.envelope.body_type != BodyType.INDEX:
+            raise WireError("only an index request may carry its vectors as a frame of their own")
+        packet.payload = frames[2].buffer
+    return packet
+
+
+def index_batch(body: pb.Request.IndexRequest, payload: memoryview | None = None) -> Batch:
+    """The ids, vectors, texts and metadata of an index request, checked against each other;
+    `payload`: the vectors' bytes when they came as a frame of their own."""
     if not body.HasField("embeddings"):
         raise WireError("the index request reached the indexer without vectors: is an encoder in front?")
-    vectors = nd_to_array(body.embeddings)
+    vectors = nd_to_array(body.embeddings, payload)
     if body.HasField("doc_ids"):
         return _bare_batch(body, vectors)
     if vectors.ndim != 2 or vectors.shape[0] != len(body.docs):

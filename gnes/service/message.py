@@ -40,6 +40,9 @@ class Packet:
     envelope: pb.Envelope
     body: bytes
     received_ns: int = 0
+    # A direct client's bulk index request sends its vectors as a frame of their own: the
+    # frame's memory, not copied into the body (see IndexClient and gnes/service/indexer.py).
+    payload: memoryview | None = None
 
     def request(self) -> pb.Request:
         if self.envelope.is_response:
