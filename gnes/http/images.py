@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from pydantic import BaseModel
 
+from ..indexer.index_set import NO_SUCH_INDEX
 from ..proto import WireError, pb
 from ..service.validate import check_request
 from . import models as m
@@ -58,7 +59,7 @@ async def index_images(
     response = await _submit(service, message)
     body = response.index
     if body.status == pb.Response.ERROR:
-        raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
+        _raise_for(response.error)
     refused = [RefusedImage(id=e.doc_id, filename=names.get(e.doc_id, ""), reason=e.reason) for e in body.doc_errors]
     return ImagesIndexOut(indexed=body.num_docs, refused=refused)
 
@@ -79,12 +80,19 @@ async def search_image(
     message.search.query.raw_bytes = await _read(file, service.config.pipeline.max_doc_bytes, name)
     response = await _submit(service, message)
     if response.search.status == pb.Response.ERROR:
-        # The encoder names "the query" when it is the image that cannot be used: the caller's to fix.
-        if "the query" in response.error:
-            raise HTTPException(422, f"{name}: {response.error}")
-        raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
+        _raise_for(response.error, name)
     hits = [_hit(r) for r in response.search.topk_results]
     return m.SearchOut(results=hits, partial=response.search.partial)
+
+
+def _raise_for(error: str, name: str = "") -> None:
+    """404 for an index no shard has; 422 when the encoder refused the caller's image (it names
+    "the query" or a document by its doc_id); 502 for anything else."""
+    if NO_SUCH_INDEX in error:
+        raise HTTPException(404, error)
+    if "the query" in error or "(doc_id " in error:
+        raise HTTPException(422, f"{name}: {error}" if name else error)
+    raise HTTPException(502, f"the pipeline failed: {error or 'no reason given'}")
 
 
 async def _read(upload: UploadFile, limit: int, name: str) -> bytes:
