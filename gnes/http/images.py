@@ -39,7 +39,7 @@ class ImagesIndexOut(BaseModel):
 async def index_images(
     request: Request,
     files: Annotated[list[UploadFile], File(description="PNG/JPEG files, one document each")],
-    start_id: Annotated[int, Form(ge=0, description="doc_id of the first file; the others follow in order")] = 0,
+    start_id: Annotated[int, Form(ge=0, lt=1 << 63, description="doc_id of the first file; the others follow")] = 0,
     index: Annotated[str, Form(description="logical index name; empty: the default index")] = "",
 ) -> ImagesIndexOut:
     if len(files) > MAX_FILES:
