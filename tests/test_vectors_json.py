@@ -26,3 +26,9 @@ def test_vectors_round_trip_exactly_as_float32(monkeypatch: pytest.MonkeyPatch, 
 def test_what_json_cannot_write_is_refused() -> None:
     with pytest.raises(TypeError):
         vectors_json.dumps({"x": object()})
+
+
+def test_row_numbers_beyond_64_bits_are_written_too() -> None:
+    rows = np.ones((1, 4), dtype=np.float32)
+    body = json.loads(vectors_json.dumps({"data": [(1 << 70, rows[0])]}))
+    assert body["data"][0][0] == 1 << 70 and body["data"][0][1] == [1.0] * 4

@@ -24,7 +24,12 @@ except ImportError:  # the http extra brings it; without it the answers are the 
 def dumps(content: Any) -> bytes:
     """`content` as JSON, numpy arrays (and float32 rows inside lists) included."""
     if orjson is not None:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError as exc:
+            # orjson writes integers of at most 64 bits; a caller's row number may be larger.
+            if "64-bit" not in str(exc):
+                raise
     return json.dumps(content, default=_plain, separators=(",", ":")).encode()
 
 
