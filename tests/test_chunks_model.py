@@ -91,6 +91,9 @@ def test_a_sentence_deep_in_a_long_document_finds_it_where_the_whole_text_cannot
     splitter.start()
     sentences = sum(splitter.apply(pb.Document(doc_id=i, raw_text=t)) for i, t in enumerate([*docs, long_doc, NEAR]))
     assert sum(_chunk_counts(pipe).values()) == sentences > 22 * 3
+    with GnesClient(port=port, timeout=60) as client:  # STATS counts them per shard and index
+        stats = client.admin(pb.Request.AdminRequest.STATS)
+        assert sum(shard["indexes"]["default"]["chunks"] for shard in stats["shards"]) == sentences
 
 
 def test_every_mode_answers_each_document_once_with_its_best_sentence(stack) -> None:  # type: ignore[no-untyped-def]

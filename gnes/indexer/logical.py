@@ -276,6 +276,7 @@ class LogicalIndex:
             "train_target": v.train_target,
             "error": v.last_error,
             "config": self.config.to_dict(),
+            "chunks": len(self.chunks),  # chunk vectors beside the documents (gnes/indexer/chunks.py)
         }
 
     # ---- training and snapshots --------------------------------------------------------
