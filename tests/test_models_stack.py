@@ -5,7 +5,6 @@ that does not take them, the CLI, then remove the model and the default one is u
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import threading
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO, stack_overrides  # noqa: I001
 
-from gnes.models.cli import run as run_model_cli
+from gnes.cli.main import main as gnes_main
 from gnes.stack.control import ControlServer
 from gnes.stack.local import LocalStack
 
@@ -162,8 +161,7 @@ def test_gnes_eval_scores_the_served_models_on_lee_2005(running, tmp_path, capsy
     if not stack.slots("model-lsa"):
         assert client.post("/models", json={"name": "lsa", "package": "gnes.models.tfidf_svd"}).status_code == 201
     png = tmp_path / "models.png"
-    args = argparse.Namespace(command="eval", http=url, token="", timeout=300.0, models="", chart=str(png), json=True)
-    assert run_model_cli(args) == 0
+    assert gnes_main(["eval", "--http", url, "--chart", str(png), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out.splitlines()[0])["scores"]
     assert sorted(scores) == ["default", "lsa"]  # every served model
     # MiniLM agrees with the human ratings better than LSA (measured: Pearson 0.66 and 0.44 here)
@@ -177,11 +175,8 @@ def test_the_cli_lists_and_reports_then_removes_and_the_default_is_unaffected(ru
     if not stack.slots("model-lsa"):
         assert client.post("/models", json={"name": "lsa", "package": "gnes.models.tfidf_svd"}).status_code == 201
 
-    def cli(*argv: str) -> tuple[int, str]:
-        args = argparse.Namespace(command="model", http=url, token="", timeout=300.0, model_command=argv[0])
-        if len(argv) > 1:
-            args.name = argv[1]
-        code = run_model_cli(args)
+    def cli(*argv: str) -> tuple[int, str]:  # `gnes model --http URL ACTION ...`, parser included
+        code = gnes_main(["model", "--http", url, *argv])
         return code, capsys.readouterr().out
 
     code, out = cli("list")
