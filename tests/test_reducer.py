@@ -100,6 +100,19 @@ def test_index_parts_sum_and_a_missing_part_is_an_error() -> None:
     assert late.index.status == pb.Response.ERROR and "not acknowledged" in late.error
 
 
+def test_documents_refused_in_any_part_are_all_reported_once() -> None:
+    reducer = Reducer(index_timeout=1.0)
+    first, second = _index_part(5, 0, 2, 9), _index_part(5, 1, 2, 8)
+    first.envelope.doc_errors.add(doc_id=3, position=3, reason="truncated PNG")
+    first.envelope.doc_errors.add(doc_id=7, position=7, reason="empty")
+    second.envelope.doc_errors.add(doc_id=12, position=2, reason="not an image")
+    second.envelope.doc_errors.add(doc_id=3, position=3, reason="truncated PNG")  # the same, told twice
+    out = reducer.add(first, now=0.0) + reducer.add(second, now=0.1)
+    errors = sorted((e.doc_id, e.reason) for e in out[0].envelope.doc_errors)
+    assert errors == [(3, "truncated PNG"), (7, "empty"), (12, "not an image")]
+    assert out[0].response().index.num_docs == 17
+
+
 def test_nested_levels_reduce_bottom_up() -> None:
     """Two map parts, each fanned out to two shards: four leaves, one answer."""
     reducer = Reducer()

@@ -131,6 +131,7 @@ def merge_parts(parts: list[Packet], expected: int) -> Packet:
     """One packet standing for all parts of a level; missing parts make the answer partial."""
     first = parts[-1]
     missing = expected - len(parts)
+    _gather_doc_errors(first, parts)
     if any(not p.envelope.is_response for p in parts):
         return as_error(first, "a request reached the reducer without being answered by a shard")
     responses = [p.response() for p in parts]
@@ -164,6 +165,20 @@ def merge_parts(parts: list[Packet], expected: int) -> Packet:
         _set_status(merged, pb.Response.ERROR)
     first.body = merged.SerializeToString()
     return first
+
+
+def _gather_doc_errors(first: Packet, parts: list[Packet]) -> None:
+    """The documents refused on the way (an encoder's or a preprocessor's doc_errors) travel in each
+    part's envelope; the one envelope that goes on carries them all, each once."""
+    seen = {(e.doc_id, e.position, e.reason) for e in first.envelope.doc_errors}
+    for part in parts:
+        if part is first:
+            continue
+        for error in part.envelope.doc_errors:
+            key = (error.doc_id, error.position, error.reason)
+            if key not in seen:
+                seen.add(key)
+                first.envelope.doc_errors.add().CopyFrom(error)
 
 
 def _merge_embed(merged: pb.Response, responses: list[pb.Response], missing: int) -> None:
