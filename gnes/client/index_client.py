@@ -400,26 +400,35 @@ class IndexClient:
         q = len(queries)
         scores = np.full((q, top_k), np.nan, dtype=np.float32)
         ids = np.full((q, top_k), -1, dtype=np.int64)
-        metas: list[list[dict[str, Any]]] = []
-        texts: list[list[str]] = []
+        metas: list[list[dict[str, Any]]]
+        texts: list[list[str]]
         embeddings = np.zeros((q, top_k, queries.shape[1]), dtype=np.float32) if return_embeddings else None
-        per_query: list[list[Any]] = [[] for _ in range(q)]
+        # Merge with numpy: every hit of every shard in one flat array, ordered by query row and
+        # then by score (stable, so ties keep shard order as before); Python touches only the
+        # top_k kept per query. Sorting each query's protobuf hits in Python cost ~12 ms a
+        # batch of 100 queries at 2 shards (bench/recall.py).
+        hits: list[Any] = []
+        counts: list[int] = []
         for response in responses:
-            results = iter(response.search.topk_results)
-            for row, n in enumerate(response.search.result_counts):
-                for _ in range(n):
-                    per_query[row].append(next(results))
-        for row, candidates in enumerate(per_query):
-            # One heap-free merge: each shard's list is sorted; k is small.
-            candidates.sort(key=lambda r: r.score.value, reverse=bigger_is_better)
-            best = candidates[:top_k]
-            scores[row, : len(best)] = [r.score.value for r in best]
-            ids[row, : len(best)] = [r.doc.doc_id for r in best]
-            metas.append([_meta(r.doc.meta_json) for r in best])
-            texts.append([r.doc.raw_text for r in best])
+            hits.extend(response.search.topk_results)
+            counts.extend(response.search.result_counts)
+        rows = np.repeat(np.tile(np.arange(q), len(responses)), counts)
+        hit_scores = np.fromiter((h.score.value for h in hits), dtype=np.float64, count=len(hits))
+        order = np.lexsort((-hit_scores if bigger_is_better else hit_scores, rows))
+        sorted_rows = rows[order]
+        rank = np.arange(len(order)) - np.searchsorted(sorted_rows, sorted_rows)
+        keep = rank < top_k
+        kept, kept_rows, kept_rank = order[keep], sorted_rows[keep], rank[keep]
+        scores[kept_rows, kept_rank] = hit_scores[kept]
+        chosen = [hits[i] for i in kept.tolist()]
+        ids[kept_rows, kept_rank] = np.fromiter((h.doc.doc_id for h in chosen), dtype=np.int64, count=len(chosen))
+        metas = [[] for _ in range(q)]
+        texts = [[] for _ in range(q)]
+        for row, col, hit in zip(kept_rows.tolist(), kept_rank.tolist(), chosen, strict=True):
+            metas[row].append(_meta(hit.doc.meta_json))
+            texts[row].append(hit.doc.raw_text)
             if embeddings is not None:
-                for col, r in enumerate(best):
-                    embeddings[row, col] = nd_to_array(r.doc.embedding)
+                embeddings[row, col] = nd_to_array(hit.doc.embedding)
         return SearchResult(scores, ids, metas, texts, embeddings)
 
     # ---- lifecycle ---------------------------------------------------------------------
