@@ -55,7 +55,7 @@ class WorkDispatcher:
         # One queue per model; _ANY holds error answers, which any worker passes on.
         self.queues: dict[str | None, deque[Packet]] = {}
         self.workers: dict[str, _Worker] = {}
-        self.peers = Peers(self._on_down, link.WORKER_DEAD_AFTER_S)
+        self.peers = Peers(self._on_down, link.WORKER_DEAD_AFTER_S, self._patience)
         self.resent = 0
         self.unknown_model = 0
         # model -> when its last live worker died (None while one lives)
@@ -147,6 +147,12 @@ class WorkDispatcher:
             del self.workers[name]
             if not any(w.model == worker.model for w in self.workers.values()):
                 self._forget(worker.model, "its encoders have left")
+
+    def _patience(self, name: str) -> float:
+        """How long a worker may be silent before it is taken for dead: longer while it holds work."""
+        worker = self.workers.get(name)
+        busy = worker is not None and bool(worker.in_flight)
+        return link.BUSY_WORKER_DEAD_AFTER_S if busy else link.WORKER_DEAD_AFTER_S
 
     def _on_down(self, name: str, why: str) -> None:
         worker = self.workers.pop(name, None)

@@ -32,6 +32,12 @@ DEAD_AFTER_S = 3.0
 # 1 to 2 s here, more on a loaded machine), so it gets a longer silence. Its death by kill -9
 # is still seen at once, by its closed connection.
 WORKER_DEAD_AFTER_S = 10.0
+# An encoder that holds work may be silent because that work is slow: a batch of images, or long
+# texts on cores that other processes share, can take longer than 10 s. Taking it for dead then
+# would send its messages to another encoder, which is just as slow: the same work done over and
+# over. A busy encoder that dies still closes its connection, which is seen at once; silence only
+# catches a frozen or cut-off one, and for that a minute's wait is the price of not duplicating work.
+BUSY_WORKER_DEAD_AFTER_S = 60.0
 
 
 def pack(info: dict[str, Any]) -> bytes:

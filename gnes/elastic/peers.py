@@ -30,9 +30,16 @@ class Peer:
 
 
 class Peers:
-    def __init__(self, on_down: Callable[[str, str], None], dead_after: float = link.DEAD_AFTER_S) -> None:
+    def __init__(
+        self,
+        on_down: Callable[[str, str], None],
+        dead_after: float = link.DEAD_AFTER_S,
+        patience: Callable[[str], float] | None = None,
+    ) -> None:
         self.on_down = on_down
         self.dead_after = dead_after
+        # Per peer, the silence taken for death where it differs (a busy worker's is longer).
+        self.patience = patience
         self.table: dict[str, Peer] = {}
         self._fds: dict[int, str] = {}
 
@@ -76,7 +83,8 @@ class Peers:
 
     def check(self, now: float) -> None:
         for peer in list(self.table.values()):
-            if peer.live and now - peer.last_seen > self.dead_after:
+            limit = self.dead_after if self.patience is None else self.patience(peer.name)
+            if peer.live and now - peer.last_seen > limit:
                 self.down(peer, f"silent for {now - peer.last_seen:.1f}s")
 
     def live(self, name: str) -> bool:
