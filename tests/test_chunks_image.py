@@ -7,6 +7,7 @@ EfficientNet takes 0.1 to 0.4 s per image on the shared 2 cores)."""
 from __future__ import annotations
 
 import io
+import tempfile
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ pytest.importorskip("skimage")
 pytestmark = [pytest.mark.model, pytest.mark.e2e]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 GIF_IDS = {"horse": 101, "hubble_deep_field": 102}  # other photos than the stills: a frame must find its GIF
+MP4_IDS = {"immunohistochemistry": 103}  # a video file (H.264 in MP4) in raw_bytes, decoded by ffmpeg
 FRAMES = "!FrameSampler\nmax_frames: 8\nmax_side: 256\nchunks_per_message: 8\n"
 
 
@@ -39,6 +41,21 @@ def _pan(photo: np.ndarray, count: int, size: int = 160) -> list[np.ndarray]:
     return [np.ascontiguousarray(small[:, x : x + size]) for x in steps]
 
 
+def _mp4(frames: list[np.ndarray], fps: int = 12) -> bytes:
+    import imageio_ffmpeg
+
+    height, width = frames[0].shape[:2]
+    with tempfile.TemporaryDirectory() as folder:
+        path = f"{folder}/pan.mp4"
+        writer = imageio_ffmpeg.write_frames(path, (width, height), fps=fps, macro_block_size=1)
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame).tobytes())
+        writer.close()
+        with open(path, "rb") as video:
+            return video.read()
+
+
 def _frames(photos: dict[str, np.ndarray], name: str) -> list[np.ndarray]:
     # 2,000 frames of 64 x 64 make a GIF of about 0.5 MB, within the frontend's 1 MiB per document
     return _pan(photos[name], 2000, 64) if name == "hubble_deep_field" else _pan(photos[name], 12, 96)
@@ -46,7 +63,7 @@ def _frames(photos: dict[str, np.ndarray], name: str) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, np.ndarray]:
-    return skimage_photos(PHOTOS + tuple(GIF_IDS))
+    return skimage_photos(PHOTOS + tuple(GIF_IDS) + tuple(MP4_IDS))
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +95,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, np.ndarray
                     array_to_nd(np.stack(_frames(photos, name)), video.raw_video)
                 else:
                     request.index.docs.add(doc_id=doc_id, raw_bytes=gifs[name], doc_type=pb.Document.IMAGE)
+            for name, doc_id in MP4_IDS.items():
+                request.index.docs.add(doc_id=doc_id, raw_bytes=_mp4(_frames(photos, name)), doc_type=pb.Document.VIDEO)
             response = client.call(request)
-            assert response.index.num_docs == len(GIF_IDS), response.error
+            assert response.index.num_docs == len(GIF_IDS) + len(MP4_IDS), response.error
         yield pipe, crops_port
     finally:
         pipe.stack.close()
@@ -110,7 +129,7 @@ def test_a_crop_of_a_photo_finds_the_photo_with_the_crop_as_evidence(stack, phot
 def test_a_frame_finds_its_gif_or_video_and_a_long_gif_is_indexed_from_8_frames(stack, photos) -> None:  # type: ignore[no-untyped-def]
     pipe, port = stack
     with GnesClient(port=port, timeout=60) as client:
-        for name, doc_id in GIF_IDS.items():
+        for name, doc_id in {**GIF_IDS, **MP4_IDS}.items():
             frames = _frames(photos, name)
             hits = _image_query(client, frames[len(frames) // 3])
             assert hits[0].doc_id == doc_id, (name, hits)
@@ -120,8 +139,8 @@ def test_a_frame_finds_its_gif_or_video_and_a_long_gif_is_indexed_from_8_frames(
         indexes = getattr(service, "indexes", None)
         if indexes is not None:
             chunks = indexes.get("").chunks
-            for doc_id in GIF_IDS.values():
+            for doc_id in (*GIF_IDS.values(), *MP4_IDS.values()):
                 keys = chunks.keys_of([doc_id])
                 if len(keys):
                     stored[doc_id] = len(keys)
-    assert stored == {101: 8, 102: 8}  # 12 video frames, 2,000 GIF frames: 8 sampled of each
+    assert stored == {101: 8, 102: 8, 103: 8}  # 12 video frames, 2,000 GIF frames, 12 MP4 frames: 8 of each

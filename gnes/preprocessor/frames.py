@@ -3,7 +3,8 @@
 An animated GIF (or APNG, WebP) in raw_bytes is read frame by frame with Pillow: only the
 frame being decoded and the sampled frames are held, so a GIF of thousands of frames takes
 memory for `max_frames` frames, and `max_scan_frames` bounds the decoding time. A video as
-a raw_video NdArray (T, H, W, 3) is sampled the same way. A chunk's offset_nd is [frame].
+a raw_video NdArray (T, H, W, 3) is sampled the same way, and so is a video file (MP4, WebM,
+AVI ...) in raw_bytes, decoded by ffmpeg (gnes/preprocessor/video.py). A chunk's offset_nd is [frame].
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 from ..component import check_int
 from ..proto import pb
 from .base import BasePreprocessor
-from .pixels import DEFAULT_MAX_PIXELS, array_image, blob_chunk, open_image, to_rgb
+from .pixels import DEFAULT_MAX_PIXELS, array_image, blob_chunk, import_pil, open_image, to_rgb
+from .video import looks_like_video, video_frames
 
 
 def sample_positions(total: int, wanted: int) -> list[int]:
@@ -48,7 +50,11 @@ class FrameSampler(BasePreprocessor):
         if kind == "raw_image":  # a still image: one frame
             return [blob_chunk(array_image(doc.raw_image, doc.doc_id, "raw_image", self.max_pixels), [0], 1.0)]
         if kind != "raw_bytes":
-            raise ValueError(f"document {doc.doc_id} has no frames: send raw_bytes (GIF) or raw_video (T, H, W, 3)")
+            raise ValueError(
+                f"document {doc.doc_id} has no frames: send raw_bytes (a GIF or a video file) or raw_video (T, H, W, 3)"
+            )
+        if looks_like_video(doc.raw_bytes):
+            return self._video_chunks(doc)
         image = open_image(doc, self.max_pixels)
         total = int(getattr(image, "n_frames", 1))
         if total > self.max_scan_frames:
@@ -65,3 +71,15 @@ class FrameSampler(BasePreprocessor):
                 break  # fewer frames than the header said: keep what was read
             chunks.append(blob_chunk(to_rgb(image, doc.doc_id, self.max_side), [position], weight))
         return chunks
+
+    def _video_chunks(self, doc: pb.Document) -> list[pb.Chunk]:
+        """A video file's frames (gnes/preprocessor/video.py), shrunk to max_side like a GIF's."""
+        frames = list(video_frames(doc.raw_bytes, doc.doc_id, self.max_frames, self.max_pixels, self.max_scan_frames))
+        if not frames:
+            raise ValueError(f"document {doc.doc_id}: the video has no frame that can be decoded")
+        image_mod = import_pil()
+        weight = 1.0 / len(frames)
+        return [
+            blob_chunk(to_rgb(image_mod.fromarray(pixels), doc.doc_id, self.max_side), [number], weight)
+            for number, pixels in frames
+        ]

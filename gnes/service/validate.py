@@ -4,10 +4,13 @@ with a reason the caller can act on, so nothing half-done is left behind."""
 from __future__ import annotations
 
 from ..image.decode import looks_like_image
+from ..preprocessor.video import looks_like_video
 from ..proto import WireError, pb
 from .config import ServiceConfig
 
 _MAX_DOC_ID = (1 << 63) - 1
+
+_MEDIA = (pb.Document.IMAGE, pb.Document.VIDEO)
 
 
 def check_request(request: pb.Request, config: ServiceConfig) -> None:
@@ -60,9 +63,9 @@ def _check_doc(i: int, doc: pb.Document, limit: int, needs_text: bool, measure: 
         try:
             doc.raw_bytes.decode("utf-8")
         except UnicodeDecodeError as exc:
-            # Image bytes (declared, or PNG/JPEG by their first bytes) are the image encoder's:
-            # it refuses a corrupt one on its own while the rest of the request goes on.
-            if doc.doc_type == pb.Document.IMAGE or looks_like_image(doc.raw_bytes):
+            # Image or video bytes (declared, or known by their first bytes) are the image encoder's
+            # or a frame preprocessor's: each refuses a corrupt one on its own while the rest goes on.
+            if doc.doc_type in _MEDIA or looks_like_image(doc.raw_bytes) or looks_like_video(doc.raw_bytes):
                 return
             reason = f"raw_bytes is not UTF-8 text ({exc.reason} at byte {exc.start})"
             raise WireError(f"{_name(i, doc, what)}: {reason}") from None
