@@ -111,19 +111,6 @@ def _groups(sizes: list[int], limit: int) -> list[range]:
     return groups
 
 
-def _groups(sizes: list[int], limit: int) -> list[range]:
-    """Consecutive documents whose chunks add up to at most `limit` (a bigger one alone)."""
-    groups: list[range] = []
-    start, total = 0, 0
-    for i, size in enumerate(sizes):
-        if i > start and total + size > limit:
-            groups.append(range(start, i))
-            start, total = i, 0
-        total += size
-    groups.append(range(start, len(sizes)))
-    return groups
-
-
 def _copy(doc: pb.Document) -> pb.Document:
     copy = pb.Document()
     copy.CopyFrom(doc)  # a message taken out of a repeated field must be copied before it is cleared
