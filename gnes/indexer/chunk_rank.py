@@ -14,12 +14,13 @@ to a second shard during a handover has the same chunks, hence the same score th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..proto import WireError, pb
 from .chunks import key_doc, key_offset
+from .logical import Hit
 
 REDUCE_MODES = ("max", "mean", "weighted")
 DOC_MODE = "doc"  # the documents' own vectors, chunks ignored
@@ -39,12 +40,9 @@ class ChunkEvidence:
 
 
 @dataclass(slots=True)
-class DocHit:
-    doc_id: int
-    score: float
-    text: str
-    meta_json: str = ""
-    vector: np.ndarray | None = field(default=None, repr=False)
+class DocHit(Hit):
+    """A document hit of a chunk search: a plain Hit and its best chunk."""
+
     evidence: ChunkEvidence | None = None
 
 

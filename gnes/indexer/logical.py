@@ -26,7 +26,7 @@ from .checks import check_doc_ids, check_strings, check_top_k, check_vectors, la
 from .chunks import ChunkIndex
 from .config import IndexConfig
 from .meta_filter import MetaFilter, parse_meta
-from .store import IndexStore
+from .store import IndexStore, fsync_path
 from .vectors import TRAINED, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class LogicalIndex:
         faiss_name, slots_name = f"snap-{seq}.faiss", f"snap-{seq}.npz"
         tmp = self.directory / f".{faiss_name}.tmp"
         self.vectors.faiss.write_index(index, str(tmp))
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, self.directory / faiss_name)
         tmp = self.directory / f".{slots_name}.tmp"
         with open(tmp, "wb") as out:
@@ -361,12 +361,4 @@ def _write_atomic(path: Path, data: bytes) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_path(path.parent)

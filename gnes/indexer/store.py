@@ -116,7 +116,7 @@ class IndexStore:
         new_file = not seg_path.exists()
         self._segment = SegmentFile(seg_path, dim, dtype, committed, sync=sync)
         if new_file and sync:
-            _fsync_dir(path)  # the file itself must survive a machine crash, not only its rows
+            fsync_path(path)  # the file itself must survive a machine crash, not only its rows
         self._write(lambda txn: txn.put(_DTYPE, dtype.encode(), db=self._meta))
         self._migrate_lmdb_vectors()
         with self._env.begin() as txn:
@@ -264,9 +264,8 @@ class IndexStore:
         if not inline.all():
             refs = b"".join(v for v in locations if len(v) == 8)
             out[~inline] = self._segment.read(np.frombuffer(refs, dtype="<u8").astype(np.int64))
-        if inline.any():
-            raw = b"".join(v[1:] for v in locations if len(v) != 8)
-            out[inline] = np.frombuffer(raw, dtype=self._segment.dtype).reshape(-1, self.dim)
+        raw = b"".join(v[1:] for v in locations if len(v) != 8)  # some are inline: returned above if none
+        out[inline] = np.frombuffer(raw, dtype=self._segment.dtype).reshape(-1, self.dim)
         return out
 
     def iter_vectors(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -354,7 +353,8 @@ def _write_rows(segment: SegmentFile, vectors: np.ndarray, out: list[int | BaseE
         out.append(exc)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (so that a file created or renamed in it survives a crash)."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
