@@ -28,12 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import gensim
 import numpy as np
 
 from gnes.client import GnesClient
 from gnes.config import load_component
 from gnes.encoder.base import BaseEncoder
+from gnes.models.evaluate import load_lee
 from gnes.preprocessor.base import BasePreprocessor
 from gnes.proto import pb
 from gnes.stack.local import LocalStack, free_port_overrides
@@ -42,19 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import wait_settled  # noqa: E402 (bench/ is not a package)
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(gensim.__file__).parent / "test" / "test_data"
 ENCODER_YAML, INDEXER_YAML = REPO / "yaml/encoder-minilm.yml", REPO / "yaml/indexer-flat-ip.yml"
 SPLITTER_YAML = REPO / "yaml/preprocess-sentences.yml"
 MODES = ("doc", "max", "mean", "weighted")
 K = 10
-
-
-def lee() -> tuple[list[str], np.ndarray]:
-    docs = [line.strip() for line in (DATA / "lee.cor").read_text(encoding="latin-1").splitlines() if line.strip()]
-    ratings = np.loadtxt(DATA / "similarities0-1.txt")
-    ratings = np.triu(ratings) + np.triu(ratings, 1).T  # the file holds the upper triangle
-    assert len(docs) == ratings.shape[0] == 50
-    return docs, ratings
 
 
 def ndcg(rankings: list[list[int]], ratings: np.ndarray) -> float:
@@ -145,7 +136,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line of the figures")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    docs, ratings = lee()
+    docs, ratings = load_lee()  # the same reading as `gnes eval` (gnes/models/evaluate.py)
+    assert len(docs) == 50, len(docs)
     base = run_in_process(docs)
     stack = run_stack(docs, args.shards)
     figures: dict[str, object] = {"docs": len(docs), "chunks": base["chunks"], "shards": args.shards}
