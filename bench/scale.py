@@ -124,6 +124,7 @@ def main() -> None:
         queries, first_ids = np.asarray(stored[pick], dtype=np.float32), pick
         base = faiss_rate(data, dim, rows, args.batch_size)
         disk = disk_rate(workdir, rows // args.shards, dim * 2)  # what one shard writes, float16 rows
+        limit = min(base, disk)
         result: dict[str, object] = {
             "rows": rows,
             "dim": dim,
@@ -131,10 +132,10 @@ def main() -> None:
             "loadavg_1m_start": os.getloadavg()[0],
             "faiss_add_per_s": round(base),
             "disk_fdatasync_per_s": round(disk),
-            "limit_per_s": round(min(base, disk)),
+            "limit_per_s": round(limit),
         }
         say(f"{rows:,} vectors of {dim} float16 into {args.shards} shards (SQfp16, store_dtype float16)")
-        say(f"faiss SQfp16 add, one process: {base:,.0f}/s; disk: {disk:,.0f} rows/s; limit {min(base, disk):,.0f}/s")
+        say(f"faiss SQfp16 add, one process: {base:,.0f}/s; disk: {disk:,.0f} rows/s; limit {limit:,.0f}/s")
         with LocalShards(args.shards, workdir / "shards", start_timeout=900) as shards:
             command = [sys.executable, "-m", "gnes", "load", str(data), "--dim", str(dim), "--dtype", "float16"]
             command += ["--ids", str(ids), "--index", "scale", "--create", str(config), "--quiet"]
@@ -149,12 +150,12 @@ def main() -> None:
                 query_s = answer(client, queries, first_ids)
             result.update(
                 load_per_s=round(rate),
-                load_of_limit=round(rate / min(base, disk), 4),
+                load_of_limit=round(rate / limit, 4),
                 load_per_shard_per_s=round(rate / args.shards),
                 peak_rss_mb_per_shard=[round(r) for r in rss],
                 query_batch_10_s=round(query_s, 4),
             )
-            say(f"gnes load: {rate:,.0f} vectors/s ({rate / min(base, disk):.2f} of the limit)")
+            say(f"gnes load: {rate:,.0f} vectors/s ({rate / limit:.2f} of the limit)")
             say(f"peak RSS per shard (MiB): {', '.join(f'{r:,.0f}' for r in rss)}; 10 queries: {query_s:.3f} s")
             rebuilt_s = restart(shards, queries, first_ids, rows)
             say("kill -9, restart with no snapshot (rebuilt from the store): ", end="")
