@@ -38,7 +38,7 @@ from recall import REPO
 
 from gnes.cluster.local_shards import LocalShards
 
-_RATE = re.compile(r"loaded (\d+) vectors in ([\d.]+) s")
+_RATE = re.compile(r"loaded (\d+) vectors in ([\d.]+) s \((\d+) vectors/s\)")
 
 
 def generate(path: Path, rows: int, dim: int, chunk: int = 100_000) -> None:
@@ -144,7 +144,7 @@ def main() -> None:
             match = _RATE.search(done.stdout)
             if done.returncode != 0 or match is None:
                 raise RuntimeError(f"gnes load failed ({done.returncode}): {done.stdout}{done.stderr}")
-            rate = int(match.group(1)) / float(match.group(2))
+            rate = float(match.group(3))  # gnes load's own rate (the elapsed time it prints is rounded)
             rss = [peak_rss_mb(p.pid) for p in shards.procs if p is not None]
             with IndexClient(addresses=shards.addresses, timeout=600) as client:
                 query_s = answer(client, queries, first_ids)
