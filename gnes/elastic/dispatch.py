@@ -40,6 +40,11 @@ FORGET_AFTER_S = 30.0
 _ANY = None  # the queue of answers (errors) that any worker may carry downstream
 
 
+def _queue_of(env: pb.Envelope) -> str | None:
+    """The queue a message waits in: its model's, or _ANY for an answer any worker carries on."""
+    return _ANY if env.is_response else env.model_name
+
+
 @dataclass
 class _Worker:
     name: str
@@ -78,8 +83,7 @@ class WorkDispatcher:
         return self.pending >= self.max_pending
 
     def submit(self, packet: Packet) -> None:
-        env = packet.envelope
-        model: str | None = _ANY if env.is_response else env.model_name
+        model = _queue_of(packet.envelope)
         if model and model not in self.models and self.workers:
             packet, model = self._refuse(packet, model), _ANY
         self.queues.setdefault(model, deque()).append(packet)
@@ -130,8 +134,7 @@ class WorkDispatcher:
             worker = self.workers[name] = _Worker(name)
         if hello is not None:
             worker.model = str(hello.get("model", ""))
-            if self.models.get(worker.model, 0.0) is not None:
-                self.models[worker.model] = None  # it has a live worker (again)
+            self.models[worker.model] = None  # it has a live worker (again)
         if appeared and not restarted:
             log.info("worker %s is up (%d workers)", name, sum(self.peers.live(w) for w in self.workers))
         if kind == link.ACK:
@@ -166,8 +169,7 @@ class WorkDispatcher:
         """What a dead worker held goes first in line of its queue, in its order."""
         self.resent += len(worker.in_flight)
         for packet in reversed(worker.in_flight.values()):
-            env = packet.envelope
-            self.queues.setdefault(_ANY if env.is_response else env.model_name, deque()).appendleft(packet)
+            self.queues.setdefault(_queue_of(packet.envelope), deque()).appendleft(packet)
         worker.in_flight.clear()
 
     def _forget(self, model: str, why: str) -> None:

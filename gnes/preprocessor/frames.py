@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..component import check_int
+from ..image.decode import DEFAULT_MAX_PIXELS
 from ..proto import pb
 from .base import BasePreprocessor
-from .pixels import DEFAULT_MAX_PIXELS, array_image, blob_chunk, import_pil, open_image, to_rgb
+from .pixels import array_image, blob_chunk, import_pil, open_image, to_rgb
 from .video import looks_like_video, video_frames
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..component import check_bool, check_int, check_str
+from ..image.decode import DEFAULT_MAX_PIXELS
 from ..proto import pb
 from .base import BasePreprocessor
-from .pixels import DEFAULT_MAX_PIXELS, array_image, blob_chunk, open_image, to_rgb
+from .pixels import array_image, blob_chunk, open_image, to_rgb
 
 
 def document_pixels(doc: pb.Document, max_pixels: int, max_side: int) -> np.ndarray:

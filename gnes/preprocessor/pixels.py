@@ -13,8 +13,7 @@ import numpy as np
 
 from ..proto import WireError, array_to_nd, nd_to_array, pb
 
-# 40 megapixels: a 6000 x 6000 photo decodes (108 MB as RGB); a "decompression bomb" does not.
-DEFAULT_MAX_PIXELS = 40_000_000
+# The pixel limit (DEFAULT_MAX_PIXELS) is gnes/image/decode.py's: one for the encoder and the preprocessors.
 
 
 def import_pil() -> Any:
