@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..proto import pb
-from .grpc_client import GnesClient, GnesError, SearchHit
+from .grpc_client import GnesClient, SearchHit
 
 # The frontend's default --max_doc_bytes: a larger file would have its whole request refused.
 MAX_FILE_BYTES = 1 << 20
@@ -93,10 +93,5 @@ def query_image(client: GnesClient, path: Path, top_k: int = 10) -> list[SearchH
     request.search.query.raw_bytes = path.read_bytes()
     request.search.query.doc_type = pb.Document.IMAGE
     request.search.top_k = top_k
-    response = client.call(request)
-    if response.search.status == pb.Response.ERROR:
-        raise GnesError(response.error or "query failed")
-    return [
-        SearchHit(r.doc.doc_id, r.score.value, "", json.loads(r.doc.meta_json) if r.doc.meta_json else None)
-        for r in response.search.topk_results
-    ]
+    # The text-query reading of the answer: an image document is stored without text, so its text is "".
+    return client._hits(client.call(request))
