@@ -255,7 +255,10 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(10)
 
 
-def run_http(args: argparse.Namespace, settings: list[tuple[int, float, int]], probe: np.ndarray) -> list[dict]:
+def run_http(
+    args: argparse.Namespace, settings: list[tuple[int, float, int]], probe: np.ndarray, before: float
+) -> list[dict]:
+    """Every setting at every concurrency; rows printed as they come, as ratios to `before` (the baseline so far)."""
     from gnes.stack.compose import find_free_ports
     from gnes.stack.local import LocalStack, free_port_overrides
 
@@ -293,7 +296,7 @@ def run_http(args: argparse.Namespace, settings: list[tuple[int, float, int]], p
                         row["http_service"] = "stack" if use_stack else "gnes http subprocess"
                         results.append(row)
                         if not args.json:
-                            print_row(row, args.baseline_rate)
+                            print_row(row, before)
                 finally:
                     if proc is not None:
                         stop(proc)
@@ -362,13 +365,12 @@ def main() -> None:
     model = load_model()
     before = in_process(model, texts, args.duration)
     probe = model.encode(texts[:1], normalize_embeddings=True, show_progress_bar=False)[0]
-    args.baseline_rate = before
     if not args.json:
         print(
             f"  in process, batch {BASELINE_BATCH}, before: {before:7.1f} emb/s"
             f" ({torch.get_num_threads()} torch threads); while running, ratios are to this"
         )
-    rows = run_http(args, settings, probe)
+    rows = run_http(args, settings, probe, before)
     # Measured again after the HTTP runs (the model was idle meanwhile): on a shared machine the
     # two differ, and the ratios are to their mean.
     after = in_process(model, texts, args.duration)
