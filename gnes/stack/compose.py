@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import posixpath
+import random
 import shlex
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -78,8 +79,6 @@ def find_free_port(host: str = LOOPBACK) -> int:
 
 def find_free_ports(n: int, host: str = LOOPBACK) -> list[int]:
     """n distinct TCP ports, each free right now, outside the ephemeral range."""
-    import random
-
     chosen: list[int] = []
     candidates = random.sample(range(*_CHOSEN_PORTS), k=min(4 * n + 64, _CHOSEN_PORTS[1] - _CHOSEN_PORTS[0]))
     for port in candidates:
