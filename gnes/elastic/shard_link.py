@@ -230,8 +230,9 @@ class ShardLink:
             indexes.create(name, IndexConfig.from_json(info["config"]), exist_ok=True)
         from ..service.indexer import index_batch
 
-        indexes.get(name).add_many([index_batch(request.index)])
-        write_chunks(indexes.get(name), request.index)
+        index = indexes.get(name)
+        index.add_many([index_batch(request.index)])
+        write_chunks(index, request.index)
         self._dirty = True
         self.moved_in += len(request.index.docs)
         self.send([link.MOVED, link.pack({"source": info["source"], "seq": info["seq"]})])

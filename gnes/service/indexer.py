@@ -237,8 +237,9 @@ class IndexerService(BaseService):
             except WireError as exc:
                 checked.append(exc)
         batches = [c for c in checked if not isinstance(c, Exception)]
-        try:
-            written = iter(self.indexes.get(run[0][1].index.index_name).add_many(batches))
+        try:  # an unknown index too: every request hears why
+            index = self.indexes.get(run[0][1].index.index_name)  # one index per run (see _joins)
+            written = iter(index.add_many(batches))
         except Exception as exc:  # nothing of the group was committed: every request hears why
             written = iter([exc] * len(batches))
         answers = []
@@ -246,7 +247,7 @@ class IndexerService(BaseService):
             outcome = item if isinstance(item, Exception) else next(written)
             if not isinstance(outcome, Exception):
                 try:
-                    write_chunks(self.indexes.get(request.index.index_name), request.index)
+                    write_chunks(index, request.index)
                 except (ValueError, WireError) as exc:  # the documents are stored, their chunks not
                     outcome = exc
             if isinstance(outcome, Exception):
