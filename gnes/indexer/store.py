@@ -101,26 +101,30 @@ class IndexStore:
             path = self._temp_dir
         path.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(str(path), map_size=map_size_mb << 20, sync=sync, max_dbs=5)
-        self._docs = self._env.open_db(b"docs")
-        self._rows = self._env.open_db(b"rows")
-        self._log = self._env.open_db(b"log")
-        self._meta = self._env.open_db(b"meta")
-        with self._env.begin() as txn:
-            cursor = txn.cursor(db=self._log)
-            self._seq = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
-            committed = int.from_bytes(txn.get(_COMMITTED, b"", db=self._meta), "little")
-            stored_dtype = bytes(txn.get(_DTYPE, dtype.encode(), db=self._meta)).decode()
-        if stored_dtype != dtype:
-            raise ValueError(f"{path}: the store holds {stored_dtype} vectors, the configuration asks for {dtype}")
-        seg_path = path / f"vectors-{dtype}.seg"
-        new_file = not seg_path.exists()
-        self._segment = SegmentFile(seg_path, dim, dtype, committed, sync=sync)
-        if new_file and sync:
-            fsync_path(path)  # the file itself must survive a machine crash, not only its rows
-        self._write(lambda txn: txn.put(_DTYPE, dtype.encode(), db=self._meta))
-        self._migrate_lmdb_vectors()
-        with self._env.begin() as txn:
-            self._count = int(txn.stat(self._rows)["entries"])
+        try:  # a store that does not open (wrong dtype, short segment file) leaves nothing open
+            self._docs = self._env.open_db(b"docs")
+            self._rows = self._env.open_db(b"rows")
+            self._log = self._env.open_db(b"log")
+            self._meta = self._env.open_db(b"meta")
+            with self._env.begin() as txn:
+                cursor = txn.cursor(db=self._log)
+                self._seq = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+                committed = int.from_bytes(txn.get(_COMMITTED, b"", db=self._meta), "little")
+                stored_dtype = bytes(txn.get(_DTYPE, dtype.encode(), db=self._meta)).decode()
+            if stored_dtype != dtype:
+                raise ValueError(f"{path}: the store holds {stored_dtype} vectors, the configuration asks for {dtype}")
+            seg_path = path / f"vectors-{dtype}.seg"
+            new_file = not seg_path.exists()
+            self._segment = SegmentFile(seg_path, dim, dtype, committed, sync=sync)
+            if new_file and sync:
+                fsync_path(path)  # the file itself must survive a machine crash, not only its rows
+            self._write(lambda txn: txn.put(_DTYPE, dtype.encode(), db=self._meta))
+            self._migrate_lmdb_vectors()
+            with self._env.begin() as txn:
+                self._count = int(txn.stat(self._rows)["entries"])
+        except BaseException:
+            self.close()
+            raise
 
     def _migrate_lmdb_vectors(self) -> None:
         """Stores written before segment files kept float32 vectors in LMDB: move them once."""
@@ -331,7 +335,8 @@ class IndexStore:
                 self._env.set_mapsize(size)
 
     def close(self) -> None:
-        self._segment.close()
+        if hasattr(self, "_segment"):  # absent when opening failed before it
+            self._segment.close()
         if self._env is not None:
             self._env.close()
             self._env = None
