@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO, start_inprocess_pipeline  # noqa: I001
+from conftest import REPO, InProcessPipeline, start_inprocess_pipeline  # noqa: I001
 
 from gnes.client import GnesClient
 from gnes.models.plugin import PluginEncoder, PluginError
@@ -102,20 +102,8 @@ def test_a_plugin_that_fails_mid_service_fails_that_request_and_the_service_live
         str(REPO / "yaml/encoder-hash.yml"), str(REPO / "yaml/indexer-hash.yml"), shards=1, data_dir=None
     )
     try:
-        income = pipe.services["income"].config
-        middle = pipe.services["middle"].config
-        config = ServiceConfig(
-            name="flaky",
-            port_in=income.port_out,
-            port_out=middle.port_in,
-            socket_in="DEALER_CONNECT",
-            socket_out="PUSH_CONNECT",
-            model_name="flaky",
-            plugin=str(path),
-        )
-        service = pipe.stack.enter_context(EncoderService(config))
+        service = _start_named(pipe, "flaky", path)
         with GnesClient(port=pipe.grpc_port) as client:
-            _wait_served(client, "flaky")
             broken = client.call(_embed_request("flaky", ["fine", "boom goes the model"]))
             assert broken.error and str(path) in broken.error and "the model broke" in broken.error
             fine = client.call(_embed_request("flaky", ["fine", "also fine"]))
@@ -124,6 +112,23 @@ def test_a_plugin_that_fails_mid_service_fails_that_request_and_the_service_live
             assert service.is_ready and service.errors == 1
     finally:
         pipe.stack.close()
+
+
+def _start_named(pipe: InProcessPipeline, model: str, plugin: Path) -> EncoderService:
+    """A plugin encoder serving `model` in `pipe` (closed with it), once the map proxy has heard it."""
+    config = ServiceConfig(
+        name=model,
+        port_in=pipe.services["income"].config.port_out,
+        port_out=pipe.services["middle"].config.port_in,
+        socket_in="DEALER_CONNECT",
+        socket_out="PUSH_CONNECT",
+        model_name=model,
+        plugin=str(plugin),
+    )
+    service = pipe.stack.enter_context(EncoderService(config))
+    with GnesClient(port=pipe.grpc_port) as client:
+        _wait_served(client, model)
+    return service
 
 
 def _embed_request(model: str, texts: list[str]) -> pb.Request:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from conftest import REPO, InProcessPipeline, start_inprocess_pipeline  # noqa: I001
-from test_models_plugin import _embed_request, _wait_served
+from test_models_plugin import _embed_request, _start_named
 
 from gnes.client import GnesClient
 from gnes.proto import nd_to_array, pb
@@ -45,18 +45,8 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InPro
         str(REPO / "yaml/encoder-hash.yml"), str(REPO / "yaml/indexer-hash.yml"), shards=2, data_dir=None
     )
     try:
-        config = ServiceConfig(
-            name="pairs",
-            port_in=pipe.services["income"].config.port_out,
-            port_out=pipe.services["middle"].config.port_in,
-            socket_in="DEALER_CONNECT",
-            socket_out="PUSH_CONNECT",
-            model_name="pairs",
-            plugin=str(plugin),
-        )
-        named = pipe.stack.enter_context(EncoderService(config))
+        named = _start_named(pipe, "pairs", plugin)
         with GnesClient(port=pipe.grpc_port) as client:
-            _wait_served(client, "pairs")
             client.admin(pb.Request.AdminRequest.CREATE, index_name="pairs", config_json=json.dumps({"dim": 8}))
         yield pipe, named
     finally:

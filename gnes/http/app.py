@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import importlib.util
 import json
 from collections.abc import AsyncIterator
@@ -13,12 +12,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 
-from ..indexer.index_set import NO_SUCH_INDEX
-from ..proto import WireError, pb
-from ..service.validate import check_request
+from ..metrics.http import MetricsMiddleware
+from ..metrics.prom import Metrics
+from ..proto import pb
 from . import models as m
-from . import models_api
+from . import models_api, ops, page
+from .auth import require_admin, require_read
 from .batcher import PipelineError, QueueFull
+from .calls import call
 from .vectors_json import vectors_response
 
 if TYPE_CHECKING:
@@ -28,31 +29,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": m.ErrorOut} for code
 _ERRORS[422] = {"model": m.InvalidOut}
 
 
-def _auth(kind: str) -> list[Any]:
-    """The ops engineer's token check (gnes/http/auth.py) where it exists; open otherwise."""
-    if importlib.util.find_spec("gnes.http.auth") is None:
-        return []
-    from . import auth
-
-    return [Depends(auth.require_admin if kind == "admin" else auth.require_read)]
-
-
 def create_app(service: HttpService) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with service.lifespan(app):
             # The batcher exists once the service's lifespan has opened the session.
-            metrics = getattr(app.state, "metrics", None)
-            if metrics is not None and service.batcher is not None:
-                service.batcher.on_batch = metrics.observe_batch
+            if service.batcher is not None:
+                service.batcher.on_batch = app.state.metrics.observe_batch
             yield
 
     app = FastAPI(title="gnes", lifespan=lifespan, responses=_ERRORS)
     app.state.service = service
     app.state.tokens = service.tokens
     app.state.session = service.session
-    read = APIRouter(dependencies=_auth("read"))
-    admin = APIRouter(dependencies=_auth("admin"))
+    read = APIRouter(dependencies=[Depends(require_read)])
+    admin = APIRouter(dependencies=[Depends(require_admin)])
 
     @read.post("/embed", response_model=m.EmbedOut)
     async def embed(body: m.EmbedIn, request: Request) -> Response:
@@ -94,10 +85,7 @@ def create_app(service: HttpService) -> FastAPI:
         for doc in body.documents:
             meta = json.dumps(doc.metadata) if doc.metadata is not None else ""
             request.index.docs.add(doc_id=doc.id, raw_text=_fit(service, doc.text), meta_json=meta)
-        if _named(service, body.model):  # an unknown model is a 404, as on /apply/{model}
-            response = await models_api.call_named(service, request, body.model)
-        else:
-            response = await _call(service, request)
+        response = await call(service, request)  # an unknown model is a 404, as on /apply/{model}
         return m.IndexOut(indexed=response.index.num_docs)
 
     @read.get("/flow")
@@ -112,18 +100,12 @@ def create_app(service: HttpService) -> FastAPI:
         from . import images
 
         app.include_router(images.router)  # image upload and search by image (gnes/http/images.py)
-    # The ops engineer's routers (health, metrics, status; the search page) where they exist.
-    if importlib.util.find_spec("gnes.metrics.prom") is not None:
-        from ..metrics.http import MetricsMiddleware
-        from ..metrics.prom import Metrics
-
-        app.state.metrics = Metrics()
-        app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # requests by endpoint and status
-        # Per-stage latency from each answer's route stamps (only the session sees the envelope).
-        service.session.on_answer = app.state.metrics.observe_answer
-    for name in ("ops", "page"):
-        if importlib.util.find_spec(f"gnes.http.{name}") is not None:
-            app.include_router(importlib.import_module(f"gnes.http.{name}").router)
+    app.state.metrics = Metrics()  # prometheus-client comes with gnes[http]
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # requests by endpoint and status
+    # Per-stage latency from each answer's route stamps (only the session sees the envelope).
+    service.session.on_answer = app.state.metrics.observe_answer
+    app.include_router(ops.router)  # health, metrics, status
+    app.include_router(page.router)  # the search page
     return app
 
 
@@ -186,7 +168,7 @@ async def _search(service: HttpService, body: m.SearchIn) -> m.SearchOut:
     if body.filter is not None:
         search.filter_field = body.filter.field
         search.filter_value_json = json.dumps(body.filter.value)
-    response = await _call(service, request)
+    response = await call(service, request)
     hits = [_hit(r) for r in response.search.topk_results]
     return m.SearchOut(results=hits, partial=response.search.partial)
 
@@ -195,19 +177,3 @@ def _hit(result: pb.Response.QueryResponse.ScoredResult) -> m.Hit:
     doc = result.doc
     meta = json.loads(doc.meta_json) if doc.meta_json else None
     return m.Hit(id=doc.doc_id, score=result.score.value, text=doc.raw_text, metadata=meta)
-
-
-async def _call(service: HttpService, request: pb.Request) -> pb.Response:
-    """One request through the pipeline: refused here (422) if it cannot be served, 502 if the
-    pipeline answers with an error."""
-    try:
-        check_request(request, service.config.pipeline)
-    except WireError as exc:
-        raise HTTPException(422, str(exc)) from None
-    response = await (await service.session.submit(request))
-    kind = response.WhichOneof("body")
-    if response.error or kind is None or getattr(response, kind).status == pb.Response.ERROR:
-        if NO_SUCH_INDEX in response.error:  # the caller named an index no shard has: not a failure
-            raise HTTPException(404, response.error)
-        raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
-    return response

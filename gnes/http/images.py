@@ -8,16 +8,16 @@ id, while the rest of the upload is indexed (the pipeline's doc_errors, gnes/enc
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from pydantic import BaseModel
 
 from ..indexer.index_set import NO_SUCH_INDEX
-from ..proto import WireError, pb
-from ..service.validate import check_request
+from ..proto import pb
 from . import models as m
 from .auth import require_admin, require_read
+from .calls import submit
 
 router = APIRouter()
 # Files in one upload: each is one document of one INDEX request.
@@ -56,7 +56,7 @@ async def index_images(
         meta = json.dumps({"filename": name})
         doc = message.index.docs.add(doc_id=doc_id, doc_type=pb.Document.IMAGE, meta_json=meta)
         doc.raw_bytes = await _read(upload, limit, name)
-    response = await _submit(service, message)
+    response = await submit(service, message)
     body = response.index
     if body.status == pb.Response.ERROR:
         _raise_for(response.error)
@@ -78,7 +78,7 @@ async def search_image(
     message.search.index_name = index
     message.search.query.doc_type = pb.Document.IMAGE
     message.search.query.raw_bytes = await _read(file, service.config.pipeline.max_doc_bytes, name)
-    response = await _submit(service, message)
+    response = await submit(service, message)
     if response.search.status == pb.Response.ERROR:
         _raise_for(response.error, name)
     hits = [_hit(r) for r in response.search.topk_results]
@@ -103,14 +103,6 @@ async def _read(upload: UploadFile, limit: int, name: str) -> bytes:
     if not data:
         raise HTTPException(422, f"{name} is empty")
     return data
-
-
-async def _submit(service: Any, message: pb.Request) -> pb.Response:
-    try:
-        check_request(message, service.config.pipeline)
-    except WireError as exc:
-        raise HTTPException(422, str(exc)) from None
-    return await (await service.session.submit(message))
 
 
 def _hit(result: pb.Response.QueryResponse.ScoredResult) -> m.Hit:

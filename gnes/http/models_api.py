@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from ..indexer.index_set import NO_SUCH_INDEX
 from ..models.controller import Controller, ModelError, backend_from_env
-from ..proto import WireError, array_to_nd, nd_to_array, pb
+from ..proto import array_to_nd, nd_to_array, pb
 from ..service.message import response_status
-from ..service.validate import check_request
 from . import models as m
 from .auth import require_admin, require_read
+from .calls import call
 
-NO_MODEL = "no encoder serves the model"
 _CHUNK = 256  # texts per EMBED request when keyterms embed their candidates
 _IMPORT_BATCH = 1000  # documents per INDEX request of an imported faiss index
 
@@ -92,41 +91,33 @@ def controller(request: Request) -> Controller:
     return state.controller
 
 
-def _raise(exc: ModelError) -> None:
-    raise HTTPException(exc.status, str(exc)) from None
+async def _answer(call: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """A model-admin call's answer, its ModelError as the HTTP status the error carries."""
+    try:
+        return await call
+    except ModelError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
 
 
 @router.post("/models", dependencies=admin, status_code=201, summary="add a named model to the running deployment")
 async def add_model(body: ModelIn, request: Request) -> dict[str, Any]:
     source = {"path": body.path, "plugin": body.plugin, "package": body.package}
-    try:
-        return await controller(request).add(body.name, source, body.replicas)
-    except ModelError as exc:
-        _raise(exc)
+    return await _answer(controller(request).add(body.name, source, body.replicas))
 
 
 @router.get("/models", dependencies=admin, summary="the named models and their services")
 async def list_models(request: Request) -> dict[str, Any]:
-    try:
-        return await controller(request).list()
-    except ModelError as exc:
-        _raise(exc)
+    return await _answer(controller(request).list())
 
 
 @router.get("/models/{name}", dependencies=admin, summary="one model: services, dimension, whether it answers")
 async def model_status(request: Request, name: str = ModelName) -> dict[str, Any]:
-    try:
-        return await controller(request).status(name)
-    except ModelError as exc:
-        _raise(exc)
+    return await _answer(controller(request).status(name))
 
 
 @router.delete("/models/{name}", dependencies=admin, summary="stop a model's services (its index is kept)")
 async def remove_model(request: Request, name: str = ModelName) -> dict[str, Any]:
-    try:
-        return await controller(request).remove(name)
-    except ModelError as exc:
-        _raise(exc)
+    return await _answer(controller(request).remove(name))
 
 
 @router.post("/indexes/import", dependencies=admin, status_code=201, summary="a faiss index file as a logical index")
@@ -157,7 +148,7 @@ async def import_index(body: ImportIn, request: Request) -> dict[str, Any]:
             if rows.texts[i]:
                 doc.raw_text = rows.texts[i]
         array_to_nd(rows.vectors[start : start + _IMPORT_BATCH], part.index.embeddings)
-        await call_named(service, part, model)
+        await call(service, part)
     return {"name": body.name, "count": len(rows.doc_ids), "dim": rows.dim, "metric": rows.metric, "model": body.model}
 
 
@@ -205,7 +196,7 @@ async def embed_named(service: Any, model: str, items: list[Any]) -> np.ndarray:
         if not text.strip():
             raise HTTPException(422, f"text {i} is empty")
         request.embed.docs.add(doc_id=i, raw_text=_fit(service, text), instruction=instruction)
-    response = await call_named(service, request, model)
+    response = await call(service, request)
     return nd_to_array(response.embed.embeddings)
 
 
@@ -214,25 +205,7 @@ async def search_named(service: Any, model: str, text: str, top_k: int, index: s
     request.search.query.raw_text = text
     request.search.top_k = top_k
     request.search.index_name = index
-    response = await call_named(service, request, model)
-    hits = []
-    for result in response.search.topk_results:
-        doc = result.doc
-        meta = json.loads(doc.meta_json) if doc.meta_json else None
-        hits.append(m.Hit(id=doc.doc_id, score=result.score.value, text=doc.raw_text, metadata=meta))
-    return hits
+    response = await call(service, request)
+    from .app import _hit  # the one reading of a scored result (app imports this module)
 
-
-async def call_named(service: Any, request: pb.Request, model: str) -> pb.Response:
-    try:
-        check_request(request, service.config.pipeline)  # refused at the door: 422, as app._call does
-    except WireError as exc:
-        raise HTTPException(422, str(exc)) from None
-    response = await (await service.session.submit(request))
-    if response.error or response_status(response) == pb.Response.ERROR:
-        if NO_MODEL in response.error or NO_SUCH_INDEX in response.error:
-            raise HTTPException(404, response.error)
-        if "does not take [instruction, text] pairs" in response.error:
-            raise HTTPException(422, response.error)
-        raise HTTPException(502, f"the pipeline failed: {response.error or 'no reason given'}")
-    return response
+    return [_hit(result) for result in response.search.topk_results]

@@ -8,6 +8,7 @@ sessionStorage only).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -25,9 +26,14 @@ router = APIRouter(tags=["page"])
 _PAGE = Path(__file__).with_name("static") / "search.html"
 
 
+@functools.cache
+def _page_html() -> str:
+    return _PAGE.read_text(encoding="utf-8")  # read once, on the first request, not on every one
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 async def page() -> HTMLResponse:
-    return HTMLResponse(_PAGE.read_text(encoding="utf-8"))
+    return HTMLResponse(_page_html())
 
 
 @router.get(

@@ -22,6 +22,7 @@ import uvicorn
 import zmq
 from fastapi import FastAPI
 
+from ..auth import TokenStore
 from ..pipeline import PipelineSession
 from ..proto import pb
 from .batcher import EmbedBatcher
@@ -40,7 +41,8 @@ class HttpService:
         self.log = logging.getLogger(f"gnes.{self.name}")
         self.session = PipelineSession(config.pipeline, self.client_id, self.log)
         self.batcher: EmbedBatcher | None = None
-        self.tokens = _load_tokens(config.pipeline.token_file)
+        # --token_file, $GNES_TOKEN_FILE or $GNES_TOKENS; none: open (see gnes/auth/tokens.py).
+        self.tokens = TokenStore.from_sources(config.pipeline.token_file or None)
         self.model_dim = 0
         self.ctrl_port = 0
         self._failure: BaseException | None = None
@@ -198,15 +200,6 @@ class HttpService:
             "refused": b.refused if b else 0,
             "cancelled": b.cancelled if b else 0,
         }
-
-
-def _load_tokens(token_file: str) -> object | None:
-    """The ops engineer's TokenStore (gnes/auth) where it exists; None: open."""
-    try:
-        from ..auth import TokenStore
-    except ImportError:
-        return None
-    return TokenStore.from_sources(token_file or None)
 
 
 def _loop_factory():  # type: ignore[no-untyped-def]

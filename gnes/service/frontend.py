@@ -33,8 +33,6 @@ from .sockets import bind_port
 # Requests one StreamCall may have in the pipeline before it stops reading from its caller.
 STREAM_WINDOW = 256
 _MAX_GRPC_MESSAGE = 256 << 20
-# Answers read per turn of the event loop.
-_DRAIN = 256
 
 
 class FrontendService(pb_grpc.GnesRPCServicer):
