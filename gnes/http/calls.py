@@ -10,7 +10,7 @@ from fastapi import HTTPException
 
 from ..indexer.index_set import NO_SUCH_INDEX
 from ..proto import WireError, pb
-from ..service.message import response_status
+from ..service.message import failed
 from ..service.validate import check_request
 
 NO_MODEL = "no encoder serves the model"  # the map proxy's answer (gnes/elastic/dispatch.py)
@@ -28,7 +28,7 @@ async def submit(service: Any, request: pb.Request) -> pb.Response:
 async def call(service: Any, request: pb.Request) -> pb.Response:
     """The pipeline's answer where it succeeded; an HTTPException where it did not."""
     response = await submit(service, request)
-    if response.error or response_status(response) == pb.Response.ERROR:
+    if failed(response):
         if NO_MODEL in response.error or NO_SUCH_INDEX in response.error:  # the caller's name: not a failure
             raise HTTPException(404, response.error)
         if "does not take [instruction, text] pairs" in response.error:

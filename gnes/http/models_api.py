@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ..models.controller import Controller, ModelError, backend_from_env
 from ..proto import array_to_nd, nd_to_array, pb
-from ..service.message import response_status
+from ..service.message import failed
 from . import models as m
 from .auth import require_admin, require_read
 from .calls import call
@@ -138,7 +138,7 @@ async def import_index(body: ImportIn, request: Request) -> dict[str, Any]:
     create.admin.index_name = body.name
     create.admin.config_json = json.dumps({"dim": rows.dim, "metric": rows.metric, "index_type": "flat"})
     response = await (await service.session.submit(create))
-    if response.error or response_status(response) == pb.Response.ERROR:
+    if failed(response):
         raise HTTPException(409, f"index {body.name!r} could not be created: {response.error}")
     for start in range(0, len(rows.doc_ids), _IMPORT_BATCH):
         part = pb.Request(model_name=model)

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ..metrics.deployment import collect, known_addresses, overview
 from ..metrics.readiness import probe_pipeline
 from ..proto import pb
-from ..service.message import response_status
+from ..service.message import failed
 from .auth import require_read
 
 router = APIRouter(tags=["operations"])
@@ -87,6 +87,6 @@ async def admin(session: Any, command: int, timeout: float = STATUS_TIMEOUT_S) -
     request.admin.command = command
     future = await session.submit(request, timeout_s=timeout)
     response: pb.Response = await future
-    if response_status(response) == pb.Response.ERROR or response.error:
+    if failed(response):
         return None
     return json.loads(response.admin.info_json or "{}")

@@ -20,7 +20,7 @@ from prometheus_client import (
 )
 
 from ..proto import pb
-from ..service.message import BodyType, response_status
+from ..service.message import BodyType, failed
 
 # Per-hop times on loopback are tens of microseconds; a model batch takes up to seconds.
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -84,7 +84,7 @@ class Metrics:
         outcome. Call it with the answer's envelope (the stamps travel there, not in the body)."""
         kind = BodyType.Name(envelope.body_type).lower()
         if response is not None:
-            ok = response_status(response) != pb.Response.ERROR and not response.error
+            ok = not failed(response)
             self.pipeline_answers.labels(kind, "ok" if ok else "error").inc()
         routes = list(envelope.routes)
         for route in routes:

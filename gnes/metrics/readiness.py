@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..proto import pb
-from ..service.message import response_status
+from ..service.message import failed
 
 log = logging.getLogger("gnes.health")
 
@@ -49,7 +49,7 @@ async def probe_pipeline(session: Submits, timeout: float = 3.0) -> Probe:
     except TimeoutError:
         return Probe(False, f"no answer from the pipeline within {timeout:g}s", time.monotonic() - started)
     seconds = time.monotonic() - started
-    if response_status(response) == pb.Response.ERROR or response.error:
+    if failed(response):
         return Probe(False, response.error or "the pipeline answered with an error", seconds)
     return Probe(True, "every shard answered", seconds, sorted(_index_names(response)))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..proto import nd_to_array, pb
-from ..service.message import response_status
+from ..service.message import failed
 from .plugin import check_model_name
 
 SOURCES = ("path", "plugin", "package", "yaml_path")
@@ -162,7 +162,7 @@ class Controller:
             request = pb.Request(model_name=name)
             request.embed.docs.add(doc_id=0, raw_text="model probe")
             response = await (await self.session.submit(request, timeout_s=min(10.0, timeout_s)))
-            if not response.error and response_status(response) != pb.Response.ERROR:
+            if not failed(response):
                 dim = int(nd_to_array(response.embed.embeddings).shape[1])
                 self.dims[name] = dim
                 return dim
@@ -180,6 +180,6 @@ class Controller:
         admin.config_json = json.dumps({"dim": dim, "metric": "ip", "index_type": "flat"})
         admin.exist_ok = True
         response = await (await self.session.submit(request))
-        if response.error or response_status(response) == pb.Response.ERROR:
+        if failed(response):
             # An index of that name with another dimension (an older model): the caller must decide.
             raise ModelError(f"model {name!r} answers, but its index could not be created: {response.error}", 409)

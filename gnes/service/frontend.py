@@ -27,7 +27,7 @@ from ..metrics.readiness import HealthWatcher
 from ..pipeline import PipelineSession
 from ..proto import pb, pb_grpc
 from .config import ServiceConfig
-from .message import answer_control
+from .message import answer_control, failed
 from .sockets import bind_port
 
 # Requests one StreamCall may have in the pipeline before it stops reading from its caller.
@@ -247,10 +247,8 @@ class FrontendService(pb_grpc.GnesRPCServicer):
 
 
 def _answer_code(response: pb.Response) -> str:
-    """OK, or ERROR where the pipeline answered with a reason (the call itself succeeds)."""
-    kind = response.WhichOneof("body")
-    failed = response.error or (kind is not None and getattr(response, kind).status == pb.Response.ERROR)
-    return "ERROR" if failed else "OK"
+    """OK, or ERROR where the pipeline answered with a failure (the call itself succeeds)."""
+    return "ERROR" if failed(response) else "OK"
 
 
 def _metrics():  # type: ignore[no-untyped-def]

@@ -133,6 +133,11 @@ def response_status(response: pb.Response) -> int:
     return getattr(response, kind).status if kind else pb.Response.ERROR
 
 
+def failed(response: pb.Response) -> bool:
+    """Whether an answer is a failure: a reason given, an ERROR status, or no body at all."""
+    return bool(response.error) or response_status(response) == pb.Response.ERROR
+
+
 def answer_control(raw: bytes, info: dict[str, object]) -> tuple[pb.Response, bool]:
     """The reply of a control socket to `raw`, and whether it asks the service to terminate.
     Anything unreadable gets an ERROR reply too: a REP socket must always answer."""
