@@ -74,9 +74,9 @@ def search_chunks(
     allowed = None
     if filter_field:  # the filter is on the documents' metadata: only their chunks are searched
         doc_ids = index.filter.ids(filter_field, filter_value_json, index.store.iter_metas())
-        allowed = store.vectors.slots_of(chunks.keys_of(doc_ids))
+        allowed = np.asarray(chunks.keys_of(doc_ids), dtype=np.int64)
     want = max(top_k * _FANOUT, _MIN_CHUNKS)
-    scores, keys = store.vectors.search(queries, want, nprobe, ef_search, allowed=allowed)
+    scores, keys = store.vectors.search(queries, want, nprobe, ef_search, allowed_ids=allowed)
     results: list[list[DocHit]] = []
     for query, row_scores, row_keys in zip(queries, scores, keys, strict=True):
         ranked = _rank(chunks, query, row_scores, row_keys, mode, big_is_better)[:top_k]

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from .checks import check_doc_ids, check_strings, check_top_k, check_vectors, la
 from .chunks import ChunkIndex
 from .config import IndexConfig
 from .meta_filter import MetaFilter, parse_meta
-from .store import IndexStore, fsync_path
+from .store import IndexStore, PendingPut, fsync_path
 from .vectors import TRAINED, VectorIndex
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,17 @@ class Hit:
     vector: np.ndarray | None = field(default=None, repr=False)
 
 
+@dataclass(slots=True)
+class PendingAdd:
+    """A group of batches begun by `LogicalIndex.begin_many`, to be finished in order."""
+
+    outcomes: list[int | Exception]
+    put: PendingPut | None = None  # None: no batch had anything to write
+    ids: np.ndarray | None = None
+    vectors: np.ndarray | None = None  # for faiss to copy; None when searched in place
+    parsed: list[dict[str, Any]] = field(default_factory=list)
+
+
 class LogicalIndex:
     """Open with `LogicalIndex.create(...)` or `LogicalIndex.open(...)`; `directory=None`
     keeps everything in memory and a temporary directory (tests, benchmarks)."""
@@ -57,6 +68,8 @@ class LogicalIndex:
         self.store = IndexStore(store_path, config.dim, sync=config.store_sync, dtype=config.store_dtype)
         try:
             self.vectors = VectorIndex(config)
+            if self.store.segment_view() is not None:  # float32 rows: a flat index searches them in place
+                self.vectors.attach_stored(self._segment_view)
             self.filter = MetaFilter()
             self._snapshot_seq = 0
             self.chunks = ChunkIndex(name, config, directory)  # its chunk vectors, if any
@@ -88,25 +101,51 @@ class LogicalIndex:
         config = IndexConfig.from_json((directory / CONFIG_FILE).read_text())
         return cls(name, config, directory)
 
+    def _segment_view(self) -> np.ndarray:
+        view = self.store.segment_view()
+        assert view is not None  # attached only for float32 stores
+        return view
+
     # ---- recovery ----------------------------------------------------------------------
     def _recover(self) -> None:
-        """Load the last snapshot, then replay every id the log touched after it."""
+        """Load the last snapshot, then replay every id the log touched after it. Vectors
+        searched in the segment file (`vectors.stored`) are never in a snapshot: their
+        id -> row map is read back from the store, without reading a vector."""
         snapshot = self._read_snapshot()
+        stored = self.vectors.stored is not None
         if snapshot is None:
-            for ids, vectors in self.store.iter_vectors():
-                self.vectors.add(ids, vectors)
+            walk = self.store.iter_rows() if stored else self.store.iter_vectors()
+            for ids, found in walk:
+                self._take(ids, found) if stored else self.vectors.add(ids, found)
                 self.rebuilt += len(ids)
             return
         index, arrays, seq = snapshot
         self.vectors.restore(index, arrays)
         self._snapshot_seq = seq
         touched = self.store.touched_since(seq)
+        if stored:  # rows written before the snapshot too; the touched ones are redone below
+            for ids, rows in self.store.iter_rows():
+                in_rows = rows >= 0
+                self.vectors.add_rows(ids[in_rows], rows[in_rows])
         if len(touched):
             self.vectors.remove(touched)
-            found_vectors, found = self.store.get_vectors(touched)
-            self.vectors.add(touched[found], found_vectors[found])
+            if stored:
+                self._take(touched, self.store.rows_of(touched))
+            else:
+                found_vectors, found = self.store.get_vectors(touched)
+                self.vectors.add(touched[found], found_vectors[found])
             self.replayed = len(touched)
             log.info("index %s: replayed %d ids written after snapshot %d", self.name, len(touched), seq)
+
+    def _take(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Put stored ids back in the vector index: segment rows in place, the rest (vectors
+        kept in LMDB) read and added to faiss."""
+        in_rows = rows >= 0
+        if in_rows.any():
+            self.vectors.add_rows(ids[in_rows], rows[in_rows])
+        if not in_rows.all():
+            vectors, found = self.store.get_vectors(ids[~in_rows])
+            self.vectors.add(ids[~in_rows][found], vectors[found])
 
     def _read_snapshot(self) -> tuple[Any, dict[str, np.ndarray], int] | None:
         if self.directory is None or not (self.directory / SNAPSHOT_FILE).exists():
@@ -138,6 +177,13 @@ class LogicalIndex:
         others are still written. The result is the same as adding the batches one after
         the other: an id in a later batch replaces the same id in an earlier one.
         """
+        return self.finish_many(self.begin_many(batches))
+
+    def begin_many(self, batches: Sequence[Batch], on_written: Callable[[], None] | None = None) -> PendingAdd:
+        """The first half of `add_many`: check the batches and start the disk write. A shard
+        begins the next group before finishing this one, so that the disk syncs one group's
+        vectors while the CPU checks the next; groups are finished in the order begun.
+        `on_written()` is called from the writer thread once the vectors are on disk."""
         outcomes: list[int | Exception] = []
         accepted: list[tuple[np.ndarray, np.ndarray, list[str], list[str], list[dict[str, Any]]]] = []
         for batch in batches:
@@ -150,7 +196,7 @@ class LogicalIndex:
             if len(checked[0]):
                 accepted.append(checked)
         if not accepted:
-            return outcomes
+            return PendingAdd(outcomes)
         if len(accepted) == 1:
             id_array, vectors, text_list, meta_list, parsed = accepted[0]
         else:
@@ -164,23 +210,45 @@ class LogicalIndex:
                 id_array, vectors = id_array[keep], vectors[keep]
                 text_list, meta_list = [text_list[i] for i in keep], [meta_list[i] for i in keep]
                 parsed = [parsed[i] for i in keep]
-        added = []
+        in_place = self.vectors.stored is not None and self.store.goes_to_segment(len(id_array))
+        put = self.store.begin_put(id_array, vectors, text_list, meta_list, on_written)
+        return PendingAdd(outcomes, put, id_array, None if in_place else vectors, parsed)
 
-        def add_vectors() -> None:  # runs while the store's disk write is under way
-            self.vectors.add(id_array, vectors)
-            added.append(True)
-
-        try:
-            self.store.put(id_array, vectors, text_list, meta_list, meanwhile=add_vectors)
-        except BaseException:
-            if added:  # nothing was committed: faiss must show the stored state again
+    def finish_many(self, pending: PendingAdd) -> list[int | Exception]:
+        """The second half of `add_many`: commit, then make the documents searchable."""
+        put, id_array = pending.put, pending.ids
+        if put is None or id_array is None:
+            return pending.outcomes
+        if pending.vectors is None:  # searchable once committed, straight from the segment file: no copy
+            _, first = self.store.finish_put(put)
+            assert first is not None
+            self.vectors.add_rows(id_array, np.arange(first, first + len(id_array), dtype=np.int64))
+        else:
+            failed: BaseException | None = None
+            try:  # faiss adds while the writer thread may still be writing
+                self.vectors.add(id_array, pending.vectors)
+            except BaseException as exc:  # the write commits anyway: wait for it, then say so
+                failed = exc
+            try:
+                self.store.finish_put(put)
+            except BaseException:  # nothing was committed: faiss must show the stored state again
                 self._restore_vectors(id_array)
-            raise
-        self.filter.update(id_array.tolist(), parsed)
-        return outcomes
+                raise
+            if failed is not None:  # committed, but faiss may hold part of it: show the stored state
+                self._restore_vectors(id_array)
+                raise failed
+        self.filter.update(id_array.tolist(), pending.parsed)
+        return pending.outcomes
+
+    def written(self, pending: PendingAdd) -> bool:
+        """Whether finishing `pending` would not wait for the disk."""
+        return pending.put is None or pending.put.written()
 
     def _restore_vectors(self, ids: np.ndarray) -> None:
         self.vectors.remove(ids)
+        if self.vectors.stored is not None:
+            self._take(ids, self.store.rows_of(ids))
+            return
         stored, found = self.store.get_vectors(ids)
         self.vectors.add(ids[found], stored[found])
 
@@ -253,9 +321,8 @@ class LogicalIndex:
         than k of them (a selective filter, few IVF lists probed), the matching vectors are
         scored exactly instead, so a result holds k hits whenever k documents match."""
         allowed_ids = self.filter.ids(field, value_json, self.store.iter_metas())
-        slots = self.vectors.slots_of(allowed_ids)
-        want = min(k, len(slots))
-        scores, ids = self.vectors.search(queries, k, nprobe, ef_search, allowed=slots)
+        scores, ids = self.vectors.search(queries, k, nprobe, ef_search, allowed_ids=allowed_ids)
+        want = min(k, self.vectors.present(allowed_ids))
         if want == 0 or ((ids >= 0).sum(axis=1) >= want).all():
             return scores, ids
         vectors, found = self.store.get_vectors(allowed_ids)

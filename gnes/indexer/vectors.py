@@ -12,6 +12,10 @@ adds the copy to it (faiss releases the GIL meanwhile), while the buffer keeps t
 adds and answering searches. The owner calls `poll()` from its own thread; when the
 thread is done, `poll()` moves the adds that arrived meanwhile into the new index and
 swaps it in. Only the owner's thread ever touches the live indexes, so no lock is needed.
+
+A flat index may also hold `stored` rows (gnes/indexer/stored_rows.py): vectors of bulk
+writes searched in the store's segment file instead of being copied into faiss. A search
+asks both parts and merges their top-k; an id lives in one part at a time.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .config import IndexConfig
+from .stored_rows import StoredRows
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,15 @@ class VectorIndex:
         self._trained: Any = None
         self._snapshot_next = 0
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.stored: StoredRows | None = None
+
+    def attach_stored(self, view: Any) -> bool:
+        """Search bulk rows in place (`view()`: the store's committed float32 rows); only a
+        flat index can, since every other type keeps its own encoding of the vectors."""
+        if self.kind != "flat" or self.train_target or self.config.uses_gpu:
+            return False
+        self.stored = StoredRows(self.faiss, view, self.config.metric, self.config.dim)
+        return True
 
     # ---- building ----------------------------------------------------------------------
     def _new_inner(self) -> Any:
@@ -123,14 +137,20 @@ class VectorIndex:
 
     # ---- counts and slots --------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._id_slot)
+        return len(self._id_slot) + (len(self.stored) if self.stored is not None else 0)
 
     def ids(self) -> np.ndarray:
-        return np.fromiter(self._id_slot, dtype=np.int64, count=len(self._id_slot))
+        own = np.fromiter(self._id_slot, dtype=np.int64, count=len(self._id_slot))
+        return own if self.stored is None else np.concatenate([own, self.stored.ids()])
 
     def slots_of(self, ids: np.ndarray) -> np.ndarray:
         get = self._id_slot.get
         return np.asarray([s for s in (get(int(i)) for i in ids) if s is not None], dtype=np.int64)
+
+    def present(self, ids: np.ndarray) -> int:
+        """How many of these ids the index holds, in either part."""
+        stored = len(self.stored.rows_of(ids)) if self.stored is not None and len(self.stored) else 0
+        return len(self.slots_of(ids)) + stored
 
     def _grow(self, needed: int) -> None:
         if needed <= len(self._slot_ids):
@@ -161,7 +181,20 @@ class VectorIndex:
         if auto and self.state == NOT_TRAINED and self.buffer is not None and len(self) >= self.train_target:
             self.start_training()
 
+    def add_rows(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Add or replace with committed rows of the store's segment file (see `attach_stored`)."""
+        if self.stored is None:
+            raise RuntimeError("this index keeps no stored rows")
+        self.remove(ids)
+        self.stored.add(ids, rows)
+
     def remove(self, ids: np.ndarray) -> int:
+        removed = self.stored.remove(ids) if self.stored is not None and len(self.stored) else 0
+        return removed + self._remove_own(ids)
+
+    def _remove_own(self, ids: np.ndarray) -> int:
+        if not self._id_slot:
+            return 0
         pop = self._id_slot.pop
         slots = [s for s in map(pop, np.asarray(ids).tolist(), [None] * len(ids)) if s is not None]
         if not slots:
@@ -252,10 +285,23 @@ class VectorIndex:
         k: int,
         nprobe: int | None = None,
         ef_search: int | None = None,
-        allowed: np.ndarray | None = None,
+        allowed_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Return (scores [q, k'], doc ids [q, k'] padded with -1); `allowed`: slots a filter admits."""
-        k = min(k, len(self) if allowed is None else len(allowed))
+        """Return (scores [q, k'], doc ids [q, k'] padded with -1); `allowed_ids`: the ids a filter admits."""
+        allowed = None if allowed_ids is None else self.slots_of(allowed_ids)
+        scores, ids = self._search_own(queries, k, nprobe, ef_search, allowed)
+        if self.stored is not None and len(self.stored):
+            more_scores, more_ids = self.stored.search(queries, k, allowed_ids)
+            scores, ids = _merge(scores, ids, more_scores, more_ids, k, self.config.metric == "ip")
+        if self.config.metric == "l2":
+            scores = np.sqrt(np.maximum(scores, 0.0))  # faiss returns squared distances
+        return scores, ids
+
+    def _search_own(
+        self, queries: np.ndarray, k: int, nprobe: int | None, ef_search: int | None, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The faiss part's raw top-k (squared L2 distances or inner products)."""
+        k = min(k, len(self._id_slot) if allowed is None else len(allowed))
         if k == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         faiss = self.faiss
@@ -282,8 +328,6 @@ class VectorIndex:
             params.sel = selector
         scores, slots = self.active.search(queries, k, params=params)
         ids = np.where(slots >= 0, self._slot_ids[np.maximum(slots, 0)], -1)
-        if self.config.metric == "l2":
-            scores = np.sqrt(np.maximum(scores, 0.0))  # faiss returns squared distances
         return scores, ids
 
     # ---- snapshots ---------------------------------------------------------------------
@@ -319,6 +363,21 @@ class VectorIndex:
         # index, so it is left to finish or to die with the process. Its result is dropped.
         self._thread = None
         self.main = self.buffer = self._trained = None
+
+
+def _merge(
+    scores: np.ndarray, ids: np.ndarray, more_scores: np.ndarray, more_ids: np.ndarray, k: int, big_is_better: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of two top-k lists per query; padding (-1 ids) sorts last."""
+    if scores.shape[1] == 0:
+        return more_scores, more_ids
+    if more_scores.shape[1] == 0:
+        return scores, ids
+    all_scores = np.concatenate([scores, more_scores], axis=1)
+    all_ids = np.concatenate([ids, more_ids], axis=1)
+    key = np.where(all_ids >= 0, -all_scores if big_is_better else all_scores, np.inf)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(all_scores, order, axis=1), np.take_along_axis(all_ids, order, axis=1)
 
 
 def _kind_of(faiss: Any, inner: Any) -> str:

@@ -14,6 +14,7 @@ import socket
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -24,9 +25,10 @@ from ..indexer.chunk_rank import add_evidence, reduce_mode, search_chunks
 from ..indexer.chunks import write_chunks
 from ..indexer.config import DEFAULT_INDEX, IndexConfig
 from ..indexer.index_set import IndexSet
-from ..indexer.logical import Batch, LogicalIndex
+from ..indexer.logical import Batch, LogicalIndex, PendingAdd
 from ..proto import WireError, array_to_nd, doc_text, nd_to_array, pb
 from .base import BaseService
+from .direct_writes import DirectWrites
 from .message import BodyType, Packet, error_response, parse_frames, stamp_route
 from .sockets import bind_port
 
@@ -39,6 +41,18 @@ _POLL_TRAINING_S = 0.05
 _GROUP_MESSAGES = 256
 _GROUP_DOCS = 8192
 Admin = pb.Request.AdminRequest
+# A run of index requests committed together, each with the client it came from (direct) or None.
+Run = list[tuple[bytes | None, Packet, pb.Request]]
+
+
+class _Begun:
+    """A run whose vectors are being written: finished (committed, answered) in order."""
+
+    __slots__ = ("run", "checked", "index", "pending")
+
+    def __init__(self, run: Run, checked: list[Batch | Exception], index: LogicalIndex | None, pending: Any) -> None:
+        self.run, self.checked, self.index = run, checked, index
+        self.pending: PendingAdd | Exception = pending
 
 
 class IndexerService(BaseService):
@@ -53,6 +67,8 @@ class IndexerService(BaseService):
         self._leave_started: float | None = None
         self._last_save = self._last_poll = time.monotonic()
         self.direct_port = 0
+        self.writes: DirectWrites | None = None
+        self._router: zmq.Socket | None = None
 
     def setup(self) -> None:
         if self.indexes is None:
@@ -76,7 +92,7 @@ class IndexerService(BaseService):
                 self._on_link_exit,
                 leave_timeout=cfg.leave_timeout,
             )
-            self.watch(self.link.open(ctx, cfg.host_broadcast, cfg.port_broadcast, cfg.hwm), self.link.on_readable)
+            self.watch(self.link.open(ctx, cfg.host_broadcast, cfg.port_broadcast, cfg.hwm), self._on_link_readable)
             self.link.hello()
             self.log.info("shard %s linked to the middleman at %s:%d", shard_id, cfg.host_broadcast, cfg.port_broadcast)
         if cfg.port_direct < 0 and not cfg.port_broadcast and cfg.socket_in.upper() == "NONE":
@@ -90,6 +106,9 @@ class IndexerService(BaseService):
             router.setsockopt(zmq.ROUTER_MANDATORY, 0)
             self.direct_port = bind_port(router, cfg.host_direct, cfg.port_direct)
             self.watch(router, self._on_direct)
+            self._router = router
+            self.writes = DirectWrites(self._begin_run, self._written, self._finish_direct)
+            self.watch(self.writes.fd, self.writes.on_readable)  # type: ignore[arg-type]  # a pipe: zmq polls fds too
             self.log.info("direct clients: port %d", self.direct_port)
             if cfg.discovery:
                 from ..cluster.discovery import register_shard
@@ -116,12 +135,38 @@ class IndexerService(BaseService):
                 sock.send_multipart(
                     [client, pb.Envelope(is_response=True).SerializeToString(), response.SerializeToString()]
                 )
-        for client, packet, response in zip(clients, packets, self.answer_all(packets), strict=True):
-            packet.envelope.is_response = True
-            stamp_route(packet, self.name, self.identity)
-            sock.send_multipart([client, packet.envelope.SerializeToString(), response.SerializeToString()])
+        assert self.writes is not None
+        for part in _split_runs(clients, packets):
+            if isinstance(part, list):
+                self.writes.add(part)  # answered once durable, in order (gnes/service/direct_writes.py)
+                continue
+            client, packet = part
+            self.writes.finish_all()  # what came before is visible to this request
+            self._send_direct(client, packet, self._answer_one(packet))
+        self.writes.finish_written()
+
+    def _send_direct(self, client: bytes | None, packet: Packet, response: pb.Response) -> None:
+        assert self._router is not None and client is not None
+        packet.envelope.is_response = True
+        stamp_route(packet, self.name, self.identity)
+        self._router.send_multipart([client, packet.envelope.SerializeToString(), response.SerializeToString()])
+
+    def _finish_direct(self, begun: _Begun) -> None:
+        for (client, packet, _), response in zip(begun.run, self._finish_run(begun), strict=True):
+            self._send_direct(client, packet, response)
+
+    def _finish_writes(self) -> None:
+        """Before anything else reads or writes the indexes: the direct writes in flight."""
+        if self.writes is not None:
+            self.writes.finish_all()
+
+    def _on_link_readable(self, sock: zmq.Socket) -> None:
+        assert self.link is not None
+        self._finish_writes()
+        self.link.on_readable(sock)
 
     def _on_link_requests(self, packets: list[Packet]) -> None:
+        self._finish_writes()
         self.handled += len(packets)
         self.handle_all(packets)
 
@@ -141,8 +186,12 @@ class IndexerService(BaseService):
         self._leaving = True
 
     def teardown(self) -> None:
-        if self.indexes is not None:
-            self.indexes.close()
+        try:
+            if self.writes is not None:
+                self.writes.close()  # acknowledges what is durable; nothing is left half-written
+        finally:
+            if self.indexes is not None:
+                self.indexes.close()
 
     def next_deadline(self) -> float | None:
         # While an index trains in the background, look every 50 ms whether it has finished;
@@ -159,6 +208,7 @@ class IndexerService(BaseService):
         return min(deadlines, default=None)
 
     def on_timer(self, now: float) -> None:
+        self._finish_writes()  # a handover or a snapshot sees every write before it
         if self.link is not None:
             if self._leaving and self._leave_started is None:
                 self._leave_started = now
@@ -202,17 +252,11 @@ class IndexerService(BaseService):
         index writes to the same index are committed together (group commit: one
         transaction, one fsync) and then each is acknowledged."""
         answers: list[pb.Response] = []
-        run: list[tuple[Packet, pb.Request]] = []  # the index requests of the group being formed
-        for packet in packets:
-            request = _index_request(packet)
-            if run and (request is None or not _joins(run, request)):
-                answers.extend(self._commit_run(run))
-                run = []
-            if request is None:
-                answers.append(self._answer_one(packet))
+        for part in _split_runs([None] * len(packets), packets):
+            if isinstance(part, list):
+                answers.extend(self._finish_run(self._begin_run(part, None)))
             else:
-                run.append((packet, request))
-        answers.extend(self._commit_run(run))
+                answers.append(self._answer_one(part[1]))
         return answers
 
     def _answer_one(self, packet: Packet) -> pb.Response:
@@ -226,26 +270,41 @@ class IndexerService(BaseService):
         reason = self.reason_for(exc, packet.envelope.request_id)
         return error_response(packet.envelope.request_id, packet.envelope.body_type, reason)
 
-    def _commit_run(self, run: list[tuple[Packet, pb.Request]]) -> list[pb.Response]:
-        """Write a group of index requests in one commit; answer each with its count or error."""
-        if not run:
-            return []
+    def _begin_run(self, run: Run, on_written: Any) -> _Begun:
+        """Check a group of index requests and start writing it (see LogicalIndex.begin_many)."""
         checked: list[Batch | Exception] = []
-        for packet, request in run:
+        for _, packet, request in run:
             try:
                 checked.append(index_batch(request.index, packet.payload))
             except WireError as exc:
                 checked.append(exc)
         batches = [c for c in checked if not isinstance(c, Exception)]
         try:  # an unknown index too: every request hears why
-            index = self.indexes.get(run[0][1].index.index_name)  # one index per run (see _joins)
-            written = iter(index.add_many(batches))
-        except Exception as exc:  # nothing of the group was committed: every request hears why
-            written = iter([exc] * len(batches))
+            index = self.indexes.get(run[0][2].index.index_name)  # one index per run (see _joins)
+            return _Begun(run, checked, index, index.begin_many(batches, on_written))
+        except Exception as exc:  # nothing of the group was written: every request hears why
+            return _Begun(run, checked, None, exc)
+
+    @staticmethod
+    def _written(begun: _Begun) -> bool:
+        pending = begun.pending
+        return isinstance(pending, Exception) or begun.index is None or begun.index.written(pending)
+
+    def _finish_run(self, begun: _Begun) -> list[pb.Response]:
+        """Commit a begun group; answer each request with its count or error."""
+        n = sum(1 for c in begun.checked if not isinstance(c, Exception))
+        if isinstance(begun.pending, Exception) or begun.index is None:
+            written = iter([begun.pending] * n)
+        else:
+            try:
+                written = iter(begun.index.finish_many(begun.pending))
+            except Exception as exc:  # nothing of the group was committed: every request hears why
+                written = iter([exc] * n)
+        index = begun.index
         answers = []
-        for (packet, request), item in zip(run, checked, strict=True):
+        for (_, packet, request), item in zip(begun.run, begun.checked, strict=True):
             outcome = item if isinstance(item, Exception) else next(written)
-            if not isinstance(outcome, Exception):
+            if not isinstance(outcome, Exception) and index is not None:
                 try:
                     write_chunks(index, request.index)
                 except (ValueError, WireError) as exc:  # the documents are stored, their chunks not
@@ -384,11 +443,30 @@ def _index_request(packet: Packet) -> pb.Request | None:
         return None  # answered on its own, with the parse error
 
 
-def _joins(run: list[tuple[Packet, pb.Request]], request: pb.Request) -> bool:
+def _split_runs(clients: list[bytes] | list[None], packets: list[Packet]) -> list[Run | tuple[bytes | None, Packet]]:
+    """Requests in order: runs of consecutive index requests that may commit together, and
+    every other request on its own (with its client)."""
+    parts: list[Run | tuple[bytes | None, Packet]] = []
+    run: Run = []
+    for client, packet in zip(clients, packets, strict=True):
+        request = _index_request(packet)
+        if run and (request is None or not _joins(run, request)):
+            parts.append(run)
+            run = []
+        if request is None:
+            parts.append((client, packet))
+        else:
+            run.append((client, packet, request))
+    if run:
+        parts.append(run)
+    return parts
+
+
+def _joins(run: Run, request: pb.Request) -> bool:
     """Whether an index request may join the group being formed: same index, and room for all
     of its documents (a request bigger than the bound still goes, alone, into a group of its own)."""
-    docs = sum(_doc_count(r.index) for _, r in run) + _doc_count(request.index)
-    return run[0][1].index.index_name == request.index.index_name and docs <= _GROUP_DOCS
+    docs = sum(_doc_count(r.index) for _, _, r in run) + _doc_count(request.index)
+    return run[0][2].index.index_name == request.index.index_name and docs <= _GROUP_DOCS
 
 
 def _direct_packet(frames: list[zmq.Frame]) -> Packet:
