@@ -88,6 +88,9 @@ class SegmentFile:
         rows = np.ascontiguousarray(vectors, dtype=self.dtype)
         data = memoryview(rows).cast("B")
         offset, done = first * self.row_bytes, 0
+        # Through the page cache: O_DIRECT writes (no copy, 0.05 s of CPU instead of 1.27 s
+        # for 755 MB) were measured slower end to end, since each LMDB fsync then waited for
+        # the direct write in flight (140 ms per commit instead of 20).
         while done < len(data):  # pwrite may write less than asked
             done += os.pwrite(self._fd, data[done:], offset + done)
         if sync:

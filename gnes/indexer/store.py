@@ -36,6 +36,7 @@ _DOC_VERSION = b"\x01"
 _HEADER = 5
 _OP_PUT, _OP_DELETE = b"P", b"D"
 _MAX_MAP_BYTES = 1 << 40
+_COMMIT_GROUP = 16  # begun writes committed together at most (one fdatasync, one transaction)
 # The default LMDB map is 64 GiB of address space (the file grows only as pages are used):
 # growing the map needs no transaction open in the process, and writes commit in the writer
 # thread while searches read, so growth must stay the rare exception (over 64 GiB of LMDB).
@@ -324,47 +325,63 @@ class IndexStore:
                 return
 
     def _commit_loop(self) -> None:
-        """The second writer thread: fdatasync, then the LMDB commit, of each write in turn;
-        one fdatasync covers every write whose rows are written by then (group sync)."""
+        """The second writer thread: one fdatasync, then one LMDB transaction, for every
+        write whose rows are written by the time it looks (group commit: the flushes, not the
+        bytes, were what a device busy with rows made slow)."""
         synced = 0  # writes whose rows are durable: the first `synced` row writes
         while True:
-            pending = self._to_commit.get()
-            if pending is None:
-                return
+            group = [self._to_commit.get()]
+            while group[-1] is not None and len(group) < _COMMIT_GROUP:
+                try:
+                    group.append(self._to_commit.get_nowait())
+                except queue.Empty:
+                    break
+            stop = group[-1] is None
+            todo = [p for p in group if p is not None and p.error is None]
             try:
-                if pending.error is not None:
-                    continue
-                if pending.order > synced:
+                if any(p.order > synced for p in todo):
                     written = self._rows_written  # read before the flush: it covers at least these
                     self._segment.flush()
                     synced = written
-                pending.result = self._commit_put(pending)
-            except BaseException as exc:
-                pending.error = exc
-            finally:
-                pending.done.set()
-                if pending.on_written is not None:
-                    pending.on_written()
+                if todo:
+                    self._commit_puts(todo)
+            except BaseException as exc:  # nothing of the group was committed
+                for p in todo:
+                    p.error = exc
+            for p in group:
+                if p is not None:
+                    p.done.set()
+                    if p.on_written is not None:
+                        p.on_written()
+            if stop:
+                return
 
-    def _commit_put(self, pending: PendingPut) -> tuple[int, int | None]:
-        ids, keys, docs, first = pending.ids, pending.keys, pending.docs, pending.first
-        locations = pending.locations if first is None else _row_values(first, len(ids))
-        # An earlier write that failed leaves its rows below a later one's: garbage that no id names.
-        total = self._segment.committed if first is None else max(self._segment.committed, first + len(ids))
-        seq = self._seq + 1
+    def _commit_puts(self, group: list[PendingPut]) -> None:
+        """Commit writes in one transaction, each with a log record (sequence number) of its own."""
+        seq, total = self._seq, self._segment.committed
+        records = []
+        for pending in group:
+            seq += 1
+            first, n = pending.first, len(pending.ids)
+            # An earlier write that failed leaves its rows below a later one's: garbage no id names.
+            total = total if first is None else max(total, first + n)
+            records.append((pending, seq, pending.locations if first is None else _row_values(first, n)))
 
         def work(txn: Any) -> int:
-            txn.cursor(db=self._docs).putmulti(docs)
-            txn.cursor(db=self._rows).putmulti(zip(keys, locations, strict=True))
+            docs, rows, log = txn.cursor(db=self._docs), txn.cursor(db=self._rows), txn.cursor(db=self._log)
+            for pending, number, locations in records:
+                docs.putmulti(pending.docs)
+                rows.putmulti(zip(pending.keys, locations, strict=True))
+                log.put(_seq_key(number), _OP_PUT + pending.ids.astype("<i8").tobytes())
             txn.put(_COMMITTED, total.to_bytes(8, "little"), db=self._meta)
-            txn.put(_seq_key(seq), _OP_PUT + ids.astype("<i8").tobytes(), db=self._log)
             # The transaction's own view counts the new keys; replaced ones are not new.
             return int(txn.stat(self._rows)["entries"])
 
         self._count = self._write(work)
         self._segment.mark_committed(total)
         self._seq = seq
-        return seq, first
+        for pending, number, _ in records:
+            pending.result = (number, pending.first)
 
     def _no_pending(self) -> None:
         if self._pending:
