@@ -17,6 +17,7 @@ timing, answering the same batches of 100 with the same knobs and the shards' BL
 
     apt-get install -y dataset-fashion-mnist
     python bench/recall.py [--shards 2] [--types flat,hnsw_sq,ivf_flat,ivf_sq,ivf_pq] [--queries 1000] [--json]
+                           [--knobs default,nprobe=1,ef_search=16]
 
 Shards run as local processes through `gnes.cluster.local_shards.LocalShards`.
 """
@@ -152,6 +153,9 @@ def main() -> None:
     parser.add_argument("--train_num", type=int, default=20000, help="vectors a shard trains on")
     parser.add_argument("--train_timeout", type=float, default=600.0, help="seconds to wait for training")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    parser.add_argument(
+        "--knobs", default="", help="only these rows, e.g. default,nprobe=1,ef_search=16 (quick checks); all if empty"
+    )
     args = parser.parse_args()
     say = (lambda *a, **k: None) if args.json else print
 
@@ -178,6 +182,8 @@ def main() -> None:
                     runs += [(f"nprobe={n}", {"nprobe": n}) for n in NPROBES]
                 if index_type.startswith("hnsw"):
                     runs += [(f"ef_search={e}", {"ef_search": e}) for e in EF_SEARCHES]
+                if args.knobs:
+                    runs = [(label, knobs) for label, knobs in runs if label in args.knobs.split(",")]
                 for label, knobs in runs:
                     found, qps = timed_search(client, name, queries, **knobs)
                     local_found, local_qps = inprocess_rate(local, queries, knobs)
@@ -204,7 +210,7 @@ def main() -> None:
                 client.drop_index(name)
     if args.json:
         summary = {"shards": args.shards, "queries": len(queries), "loadavg_1m": os.getloadavg()[0], "rows": rows}
-        summary["min_of_inprocess"] = min(r["of_inprocess"] for r in rows)
+        summary["min_of_inprocess"] = min((r["of_inprocess"] for r in rows), default=None)
         print(json.dumps(summary), flush=True)
 
 

@@ -290,6 +290,11 @@ class IndexStore:
             raw = b"".join(bytes(key) for key in txn.cursor(db=self._rows).iternext(keys=True, values=False))
         return np.frombuffer(raw, dtype=">u8").astype(np.int64)
 
+    def holds_docs(self) -> bool:
+        """Whether any document has text or metadata (stops at the first that has)."""
+        with self._env.begin(buffers=True) as txn:
+            return any(value != _EMPTY_DOC for value in txn.cursor(db=self._docs).iternext(keys=False, values=True))
+
     def iter_metas(self) -> Iterator[tuple[int, str]]:
         with self._env.begin(buffers=False) as txn:
             for key, value in txn.cursor(db=self._docs):

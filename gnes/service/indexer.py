@@ -293,6 +293,9 @@ class IndexerService(BaseService):
         batch = queries.ndim == 2  # a [q, d] batch from a vector client; else one query
         # Chunk vectors ranked into documents where the index holds chunks (gnes/indexer/chunk_rank.py).
         mode = reduce_mode(index, body.chunk_reduce)
+        if body.array_results and batch and not mode and not body.return_embeddings:
+            _array_answer(index, body, queries, out)
+            return
         search = partial(search_chunks, index, mode=mode) if mode else index.search
         results = search(
             queries if batch else queries.reshape(1, -1),
@@ -317,12 +320,7 @@ class IndexerService(BaseService):
                 add_evidence(result, hit, mode)
             if batch:
                 out.result_counts.append(len(hits))
-        out.status = pb.Response.SUCCESS
-        out.top_k = body.top_k
-        out.is_big_score_similar = index.config.metric == "ip"
-        out.is_sorted = True
-        out.shards_answered = 1
-        out.shards_expected = 1
+        _answer_header(index, body, out)
 
     def _admin(self, body: pb.Request.AdminRequest, out: pb.Response.AdminResponse) -> None:
         command, name = body.command, body.index_name
@@ -372,6 +370,38 @@ class IndexerService(BaseService):
             item = out.docs.add(doc_id=doc_id, raw_text=doc[0], meta_json=doc[1], doc_type=pb.Document.TEXT)
             if vectors is not None and found[row]:
                 item.embedding.CopyFrom(array_to_nd(vectors[row]))
+
+
+def _array_answer(
+    index: LogicalIndex, body: pb.Request.QueryRequest, queries: np.ndarray, out: pb.Response.QueryResponse
+) -> None:
+    """A vector client's batch answered with [q, k] arrays (see QueryRequest.array_results):
+    no ScoredResult per hit, which cost a batch of 100 queries x 10 hits ~15 ms to build here
+    and as much again to read at the client."""
+    hits = index.search_arrays(
+        queries,
+        int(body.top_k),
+        nprobe=body.nprobe or None,
+        ef_search=body.ef_search or None,
+        filter_field=body.filter_field,
+        filter_value_json=body.filter_value_json,
+    )
+    array_to_nd(hits.ids, out=out.result_ids)
+    array_to_nd(hits.scores.astype(np.float32, copy=False), out=out.result_scores)
+    out.result_counts[:] = hits.counts.tolist()
+    if hits.texts is not None and hits.metas is not None:
+        out.result_texts[:] = hits.texts
+        out.result_metas_json[:] = hits.metas
+    _answer_header(index, body, out)
+
+
+def _answer_header(index: LogicalIndex, body: pb.Request.QueryRequest, out: pb.Response.QueryResponse) -> None:
+    out.status = pb.Response.SUCCESS
+    out.top_k = body.top_k
+    out.is_big_score_similar = index.config.metric == "ip"
+    out.is_sorted = True
+    out.shards_answered = 1
+    out.shards_expected = 1
 
 
 def _index_request(packet: Packet) -> pb.Request | None:
