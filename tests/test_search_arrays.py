@@ -231,12 +231,28 @@ def test_a_logical_index_knows_whether_it_holds_text_or_metadata(tmp_path: Path)
     assert hits.metas is not None and hits.metas[0] == '{"n": 10}' and hits.texts == [""] * 4
     index.close()
     reopened = LogicalIndex.open("x", tmp_path / "x")  # from the store: one document has metadata
-    assert reopened.holds_docs()
+    assert reopened.store.holds_docs()
     assert reopened.search_arrays(data[12:13], 1).metas == ['{"n": 12}']
     reopened.close()
     bare = LogicalIndex.create("y", config, tmp_path / "y")
     bare.add(np.arange(5), data[:5])
     bare.close()
     bare = LogicalIndex.open("y", tmp_path / "y")
-    assert not bare.holds_docs()
+    assert not bare.store.holds_docs()
     bare.close()
+
+
+def test_a_store_from_before_the_content_flag_finds_out_once(tmp_path: Path) -> None:
+    data = _vectors(4, seed=6)
+    for name, texts, expected in (("old-bare", None, False), ("old-docs", ["a", "", "", ""], True)):
+        index = LogicalIndex.create(name, IndexConfig(dim=DIM), tmp_path / name)
+        index.add(np.arange(4), data, texts=texts)
+        with index.store._env.begin(write=True) as txn:  # noqa: SLF001 - as a store written before the flag
+            txn.delete(b"content", db=index.store._meta)  # noqa: SLF001
+        index.close()
+        reopened = LogicalIndex.open(name, tmp_path / name)
+        reopened.add([9], data[:1])  # a bare write says nothing about the documents before it
+        assert reopened.store.holds_docs() is expected
+        hits = reopened.search_arrays(data[:1], 1)
+        assert hits.texts == (["a"] if expected else None)
+        reopened.close()

@@ -127,8 +127,13 @@ def _from_documents(answer: pb.Response.QueryResponse, queries: int) -> ShardHit
     metas = [r.doc.meta_json for r in results]
     texts = [r.doc.raw_text for r in results]
     embeddings = None
-    if len(results) and results[0].doc.HasField("embedding"):
-        embeddings = np.stack([nd_to_array(r.doc.embedding) for r in results]).astype(np.float32, copy=False)
+    vectors = [nd_to_array(r.doc.embedding) if r.doc.HasField("embedding") else None for r in results]
+    known = [v for v in vectors if v is not None]
+    if known:  # a hit without its vector (none stored) gets zeros, as before
+        embeddings = np.zeros((len(results), known[0].size), dtype=np.float32)
+        for row, vector in enumerate(vectors):
+            if vector is not None:
+                embeddings[row] = vector
     return ShardHits(ids, scores, metas if any(metas) else None, texts if any(texts) else None, embeddings)
 
 

@@ -74,9 +74,6 @@ class LogicalIndex:
             # What the last open cost: ids re-added from the log after the snapshot, and
             # vectors re-added from the store alone (no snapshot). Tests bound the first.
             self.replayed = self.rebuilt = 0
-            # Whether any document has text or metadata (None: not looked yet). An index of bare
-            # vectors answers array searches from faiss alone, without reading the store.
-            self._holds_docs: bool | None = None
             self._recover()
         except BaseException:
             self.store.close()
@@ -191,8 +188,6 @@ class LogicalIndex:
                 self._restore_vectors(id_array)
             raise
         self.filter.update(id_array.tolist(), parsed)
-        if not self._holds_docs and (any(text_list) or any(meta_list)):
-            self._holds_docs = True
         return outcomes
 
     def _restore_vectors(self, ids: np.ndarray) -> None:
@@ -270,7 +265,7 @@ class LogicalIndex:
         per-hit object, and for an index of bare vectors no read of the store at all."""
         scores, ids = self._search_vectors(queries, top_k, nprobe, ef_search, filter_field, filter_value_json)
         texts = metas = None
-        if self.holds_docs():
+        if self.store.holds_docs():  # else every text and metadata is empty: not read
             valid = ids >= 0
             found, where = np.unique(ids[valid], return_inverse=True)
             docs = self.store.get_docs(found)
@@ -283,13 +278,6 @@ class LogicalIndex:
             metas = [docs[i][1] for i in where.tolist()]  # type: ignore[index]
         scores, ids = _hits_first(scores, ids)
         return ArrayHits(scores, ids, (ids >= 0).sum(axis=1), texts, metas)
-
-    def holds_docs(self) -> bool:
-        """Whether any document has text or metadata. Known after the first write of one;
-        otherwise asked of the store once (a scan that stops at the first such document)."""
-        if self._holds_docs is None:
-            self._holds_docs = self.store.holds_docs()
-        return self._holds_docs
 
     def _search_vectors(
         self,

@@ -35,6 +35,9 @@ _HEADER = 5
 _OP_PUT, _OP_DELETE = b"P", b"D"
 _MAX_MAP_BYTES = 1 << 40
 _COMMITTED, _DTYPE = b"committed", b"dtype"
+# Whether any document ever written had text or metadata: b"\x01" yes, b"\x00" no (a store of
+# bare vectors); absent in stores written before it was kept (found out by a scan, once).
+_CONTENT, _NO, _YES = b"content", b"\x00", b"\x01"
 # A write's vectors below this many bytes stay in LMDB, next to their documents: one commit
 # and its syncs, where a segment write would add an fdatasync of its own (a pipeline's
 # batches of 100 took 1.7 times as long). From here up they go to the segment file, from a
@@ -122,6 +125,11 @@ class IndexStore:
             self._migrate_lmdb_vectors()
             with self._env.begin() as txn:
                 self._count = int(txn.stat(self._rows)["entries"])
+                content = txn.get(_CONTENT, db=self._meta)
+            self._content: bool | None = None if content is None else bytes(content) == _YES
+            if content is None and self._count == 0:  # a new store: known to hold no text yet
+                self._write(lambda txn: txn.put(_CONTENT, _NO, db=self._meta))
+                self._content = False
         except BaseException:
             self.close()
             raise
@@ -190,6 +198,7 @@ class IndexStore:
             size = self._segment.row_bytes
             written.append(self._segment.committed)
             locations = [_INLINE + rows[i * size : (i + 1) * size] for i in range(len(ids))]
+        content = not self._content and (any(text_list) or any(meta_list))
         try:
             # Encode everything first: a text that is not valid Unicode fails before any commit.
             docs = list(zip(keys, map(encode_doc, text_list, meta_list), strict=True))
@@ -213,10 +222,14 @@ class IndexStore:
             txn.cursor(db=self._rows).putmulti(zip(keys, locations, strict=True))
             txn.put(_COMMITTED, total.to_bytes(8, "little"), db=self._meta)
             txn.put(_seq_key(seq), _OP_PUT + ids.astype("<i8").tobytes(), db=self._log)
+            if content:
+                txn.put(_CONTENT, _YES, db=self._meta)
             # The transaction's own view counts the new keys; replaced ones are not new.
             return int(txn.stat(self._rows)["entries"])
 
         self._count = self._write(work)
+        if content:
+            self._content = True
         self._segment.mark_committed(total)
         self._seq = seq
         return seq
@@ -291,9 +304,13 @@ class IndexStore:
         return np.frombuffer(raw, dtype=">u8").astype(np.int64)
 
     def holds_docs(self) -> bool:
-        """Whether any document has text or metadata (stops at the first that has)."""
-        with self._env.begin(buffers=True) as txn:
-            return any(value != _EMPTY_DOC for value in txn.cursor(db=self._docs).iternext(keys=False, values=True))
+        """Whether any document written has text or metadata (deleted since or not): kept in
+        the store, so an index of bare vectors knows it without reading its documents."""
+        if self._content is None:  # a store from before the flag: look once (stops at the first)
+            with self._env.begin(buffers=True) as txn:
+                values = txn.cursor(db=self._docs).iternext(keys=False, values=True)
+                self._content = any(value != _EMPTY_DOC for value in values)
+        return self._content
 
     def iter_metas(self) -> Iterator[tuple[int, str]]:
         with self._env.begin(buffers=False) as txn:
