@@ -200,6 +200,21 @@ def test_bad_array_requests_get_a_clear_error_and_the_shard_keeps_serving(client
     assert raw.poll(10000)
     answer = pb.Response.FromString(raw.recv_multipart()[-1])
     assert answer.search.status == pb.Response.ERROR and "not a valid gnes Request" in answer.error
+    # the vectors as a frame of their own (as IndexClient sends them), but the wrong size, or twice
+    request = pb.Request()
+    request.search.index_name, request.search.top_k, request.search.array_results = "flat-l2-bare", 2, True
+    request.search.embedding.shape[:], request.search.embedding.dtype = [4, DIM], "<f4"
+    raw.send_multipart([envelope.SerializeToString(), request.SerializeToString(), queries[:3].tobytes()])
+    assert raw.poll(10000)
+    assert "needs 256 bytes, got 192" in pb.Response.FromString(raw.recv_multipart()[-1]).error
+    array_to_nd(queries, out=request.search.embedding)
+    raw.send_multipart([envelope.SerializeToString(), request.SerializeToString(), queries.tobytes()])
+    assert raw.poll(10000)
+    assert "both in the message and in a frame" in pb.Response.FromString(raw.recv_multipart()[-1]).error
+    control = pb.Envelope(client_id="raw", request_id=2, body_type=pb.Envelope.CONTROL)
+    raw.send_multipart([control.SerializeToString(), pb.Request().SerializeToString(), b"vectors"])
+    assert raw.poll(10000)
+    assert "only an index or query request" in raw.recv_multipart()[-1].decode(errors="replace")
     raw.close()
     ctx.term()
     assert client.search("flat-l2-bare", queries, top_k=1).ids.shape == (4, 1)  # still serving

@@ -122,10 +122,13 @@ class IndexClient:
                         raise IndexClientError(f"{self._describe(shard)}: {response.error or 'failed'}")
                     yield rid, response
 
-    def _broadcast(self, request: pb.Request) -> list[pb.Response]:
-        """Send one request to every shard, serialized once (a query batch is 300 KB of
-        vectors); the answers in shard order. The body's request id is the first shard's:
-        answers are matched by their envelopes' ids, which differ."""
+    def _broadcast(self, request: pb.Request, payload: np.ndarray) -> list[pb.Response]:
+        """Send one request to every shard, serialized once, with `payload` (the query
+        vectors) as a frame of its own, sent from the array's memory: copying 300 KB of
+        vectors into and out of the protobuf body cost ~1 ms a batch, client and shard
+        together. The answers in shard order. The body's request id is the first shard's:
+        answers are matched by their envelopes' ids, which differ. `payload` must stay
+        unchanged until the answers are in (they come after the shards received it)."""
         rid = (self._request_id + 1) & 0xFFFFFFFF
         request.request_id = rid
         body = request.SerializeToString()
@@ -134,7 +137,7 @@ class IndexClient:
             self._request_id = (self._request_id + 1) & 0xFFFFFFFF
             envelope = pb.Envelope(client_id=self._client_id, request_id=self._request_id)
             envelope.body_type = body_type_of(request)
-            self._socks[shard].send_multipart([envelope.SerializeToString(), body], copy=False)
+            self._socks[shard].send_multipart([envelope.SerializeToString(), body, payload], copy=False)
             sent.append(self._request_id)
         answers = dict(self._receive(dict(zip(sent, range(self.num_shards), strict=True))))
         return [answers[rid] for rid in sent]
@@ -394,7 +397,8 @@ class IndexClient:
         body = request.search
         body.index_name = name
         body.top_k = top_k
-        array_to_nd(queries, out=body.embedding)
+        body.embedding.shape[:] = queries.shape  # the bytes go as a frame of their own (_broadcast)
+        body.embedding.dtype = queries.dtype.str
         body.nprobe = nprobe or 0
         body.ef_search = ef_search or 0
         body.return_embeddings = return_embeddings
@@ -405,7 +409,7 @@ class IndexClient:
             ((field, value),) = filter.items()
             body.filter_field = field
             body.filter_value_json = json.dumps(value)
-        responses = self._broadcast(request)
+        responses = self._broadcast(request, queries)
         parts = []
         for shard, response in enumerate(responses):
             try:
