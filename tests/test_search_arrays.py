@@ -54,16 +54,23 @@ def client(shards: LocalShards) -> Iterator[IndexClient]:
         yield opened
 
 
-def _raw_answers(client: IndexClient, name: str, queries: np.ndarray, arrays: bool, **fields: object) -> list:
-    """Every shard's own answer, asked for as arrays or as documents."""
+def _raw_answers(
+    client: IndexClient, name: str, queries: np.ndarray, arrays: bool, in_body: bool = False, **fields: object
+) -> list:
+    """Every shard's own answer, asked for as arrays or as documents; the vectors go as a frame
+    of their own (as IndexClient sends them) or inside the body (as the pipeline carries them)."""
     request = pb.Request()
     request.search.index_name = name
     request.search.top_k = int(fields.pop("top_k", 10))  # type: ignore[call-overload]
-    array_to_nd(queries, out=request.search.embedding)
     request.search.array_results = arrays
     for key, value in fields.items():
         setattr(request.search, key, value)
-    return [response.search for response in client._call_all(lambda _: request)]  # noqa: SLF001
+    queries = np.ascontiguousarray(queries)
+    if in_body:
+        array_to_nd(queries, out=request.search.embedding)
+        return [response.search for response in client._call_all(lambda _: request)]  # noqa: SLF001
+    request.search.embedding.shape[:], request.search.embedding.dtype = queries.shape, queries.dtype.str
+    return [response.search for response in client._broadcast(request, queries)]  # noqa: SLF001
 
 
 @pytest.mark.parametrize("kind", sorted(TYPES))
@@ -72,7 +79,7 @@ def _raw_answers(client: IndexClient, name: str, queries: np.ndarray, arrays: bo
 def test_array_answers_hold_the_hits_of_the_document_answers(client, kind, metric, described) -> None:  # type: ignore[no-untyped-def]
     name = f"{kind}-{metric}-{'docs' if described else 'bare'}"
     queries = _vectors(40, seed=5)
-    knobs = {key: value for key, value in KNOBS[kind].items()}
+    knobs = dict(KNOBS[kind])
     as_arrays = _raw_answers(client, name, queries, True, **knobs)
     as_docs = _raw_answers(client, name, queries, False, **knobs)
     for arrays, docs in zip(as_arrays, as_docs, strict=True):
@@ -84,6 +91,9 @@ def test_array_answers_hold_the_hits_of_the_document_answers(client, kind, metri
         assert a.metas == d.metas and a.texts == d.texts
         assert list(arrays.result_counts) == list(docs.result_counts) == [10] * len(queries)
         assert (a.metas is None) == (not described)
+    # the vectors inside the body, as the pipeline carries them: documents, whatever the flag says
+    in_body = _raw_answers(client, name, queries, True, in_body=True, **knobs)
+    assert all(answer == docs for answer, docs in zip(in_body, as_docs, strict=True))
 
     # Through the client: the array answer and the document answer (return_embeddings) agree.
     fast = client.search(name, queries, top_k=10, **knobs)

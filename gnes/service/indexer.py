@@ -296,7 +296,9 @@ class IndexerService(BaseService):
         batch = queries.ndim == 2  # a [q, d] batch from a vector client; else one query
         # Chunk vectors ranked into documents where the index holds chunks (gnes/indexer/chunk_rank.py).
         mode = reduce_mode(index, body.chunk_reduce)
-        if body.array_results and batch and not mode and not body.return_embeddings:
+        # Arrays only for vectors sent as a frame of their own, which only a direct client does:
+        # through the pipeline (a gRPC client may set the flag too) the reducer merges documents.
+        if body.array_results and payload is not None and batch and not mode and not body.return_embeddings:
             _array_answer(index, body, queries, out)
             return
         search = partial(search_chunks, index, mode=mode) if mode else index.search
