@@ -17,7 +17,12 @@ Measured, in this order:
 5. a snapshot (admin SAVE, timed), 10,000 more rows, kill -9 again, and a restart from the
    snapshot plus the log (only those rows replayed): the same two figures.
 
-    python bench/scale.py [--rows 2000000] [--dim 768] [--shards 2] [--batch_size 20000] [--json]
+`--store float32` runs the same with float32 rows (6 GB for the defaults) into a flat index
+with `store_dtype: float32`: its bulk rows are searched in the segment file where they were
+written (gnes/indexer/stored_rows.py), so a restart maps ids back to rows and reads no vector;
+the baseline is then faiss IndexFlatL2.add.
+
+    python bench/scale.py [--rows 2000000] [--dim 768] [--shards 2] [--batch_size 20000] [--store float16] [--json]
 """
 
 from __future__ import annotations
@@ -41,19 +46,19 @@ from gnes.cluster.local_shards import LocalShards
 _RATE = re.compile(r"loaded (\d+) vectors in ([\d.]+) s \((\d+) vectors/s\)")
 
 
-def generate(path: Path, rows: int, dim: int, chunk: int = 100_000) -> None:
+def generate(path: Path, rows: int, dim: int, dtype: str, chunk: int = 100_000) -> None:
     rng = np.random.default_rng(0)
     with path.open("wb") as f:
         for start in range(0, rows, chunk):
             n = min(chunk, rows - start)
-            f.write(rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16).tobytes())
+            f.write(rng.standard_normal((n, dim), dtype=np.float32).astype(dtype).tobytes())
 
 
-def faiss_rate(path: Path, dim: int, rows: int, batch: int) -> float:
+def faiss_rate(path: Path, dim: int, rows: int, batch: int, dtype: str) -> float:
     import faiss
 
-    vectors = np.memmap(path, dtype="<f2", mode="r", shape=(rows, dim))
-    index = faiss.index_factory(dim, "SQfp16", faiss.METRIC_L2)
+    vectors = np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", shape=(rows, dim))
+    index = faiss.index_factory(dim, "SQfp16" if dtype == "float16" else "Flat", faiss.METRIC_L2)
     sample = min(rows, 200_000)
     started = time.perf_counter()
     for start in range(0, sample, batch):
@@ -106,6 +111,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=20_000)
+    parser.add_argument("--store", choices=["float16", "float32"], default="float16", help="the rows' type")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
     say = (lambda *a, **k: None) if args.json else print
@@ -114,30 +120,33 @@ def main() -> None:
     rows, dim = args.rows, args.dim
     with tempfile.TemporaryDirectory(prefix="gnes-scale-") as tmp:
         workdir = Path(tmp)
-        data, ids = workdir / "vectors.f16", workdir / "ids.npy"
-        generate(data, rows, dim)
+        dtype, width = args.store, np.dtype(args.store).itemsize
+        data, ids = workdir / "vectors.raw", workdir / "ids.npy"
+        generate(data, rows, dim, dtype)
         np.save(ids, np.arange(rows, dtype=np.int64))
-        config = workdir / "sqfp16.json"
-        config.write_text(json.dumps({"dim": dim, "metric": "l2", "faiss_factory": "SQfp16", "store_dtype": "float16"}))
-        stored = np.memmap(data, dtype="<f2", mode="r", shape=(rows, dim))
+        config = workdir / "index.json"
+        kind = {"faiss_factory": "SQfp16"} if dtype == "float16" else {"index_type": "flat"}
+        config.write_text(json.dumps({"dim": dim, "metric": "l2", **kind, "store_dtype": dtype}))
+        stored = np.memmap(data, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", shape=(rows, dim))
         pick = np.linspace(0, rows - 1, 10).astype(np.int64)
         queries, first_ids = np.asarray(stored[pick], dtype=np.float32), pick
-        base = faiss_rate(data, dim, rows, args.batch_size)
-        disk = disk_rate(workdir, rows // args.shards, dim * 2)  # what one shard writes, float16 rows
+        base = faiss_rate(data, dim, rows, args.batch_size, dtype)
+        disk = disk_rate(workdir, rows // args.shards, dim * width)  # what one shard writes
         limit = min(base, disk)
         result: dict[str, object] = {
             "rows": rows,
             "dim": dim,
             "shards": args.shards,
+            "store": dtype,
             "loadavg_1m_start": os.getloadavg()[0],
             "faiss_add_per_s": round(base),
             "disk_fdatasync_per_s": round(disk),
             "limit_per_s": round(limit),
         }
-        say(f"{rows:,} vectors of {dim} float16 into {args.shards} shards (SQfp16, store_dtype float16)")
-        say(f"faiss SQfp16 add, one process: {base:,.0f}/s; disk: {disk:,.0f} rows/s; limit {limit:,.0f}/s")
+        say(f"{rows:,} vectors of {dim} {dtype} into {args.shards} shards ({kind}, store_dtype {dtype})")
+        say(f"faiss add, one process: {base:,.0f}/s; disk: {disk:,.0f} rows/s; limit {limit:,.0f}/s")
         with LocalShards(args.shards, workdir / "shards", start_timeout=900) as shards:
-            command = [sys.executable, "-m", "gnes", "load", str(data), "--dim", str(dim), "--dtype", "float16"]
+            command = [sys.executable, "-m", "gnes", "load", str(data), "--dim", str(dim), "--dtype", dtype]
             command += ["--ids", str(ids), "--index", "scale", "--create", str(config), "--quiet"]
             command += ["--shards", shards.addresses, "--batch_size", str(args.batch_size), "--timeout", "600"]
             done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)

@@ -204,7 +204,8 @@ def test_vectors_in_a_frame_of_their_own_are_checked_and_the_shard_keeps_serving
         index.index.embeddings.dtype = "<f4"
         array_to_nd(np.array([5000, 5001]), out=index.index.doc_ids)
         assert "needs 192 bytes, got 10" in send(BodyType.INDEX, index, b"0123456789")
-        assert "only an index request" in send(BodyType.QUERY, pb.Request(search=pb.Request.QueryRequest()), b"x")
+        train = pb.Request(train=pb.Request.TrainRequest(index_name="f"))
+        assert "only an index or query request" in send(BodyType.TRAIN, train, b"x")
         assert "got 4" in send(BodyType.INDEX, index, b"a", b"b")
         both = pb.Request()
         both.CopyFrom(index)

@@ -56,6 +56,17 @@ class PendingAdd:
     parsed: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class ArrayHits:
+    """The hits of a query batch as arrays: what `LogicalIndex.search` finds, without a Hit each."""
+
+    scores: np.ndarray  # float32 [q, k]
+    ids: np.ndarray  # int64 [q, k]; each row's hits first, then -1
+    counts: np.ndarray  # int64 [q]: hits per query
+    texts: list[str] | None  # per hit (row order); None: the index holds no text and no metadata
+    metas: list[str] | None  # JSON metadata per hit, like texts
+
+
 class LogicalIndex:
     """Open with `LogicalIndex.create(...)` or `LogicalIndex.open(...)`; `directory=None`
     keeps everything in memory and a temporary directory (tests, benchmarks)."""
@@ -292,12 +303,7 @@ class LogicalIndex:
         filter_value_json: str = "",
         return_vectors: bool = False,
     ) -> list[list[Hit]]:
-        queries = check_vectors(queries, self.config.dim, "queries")
-        top_k = check_top_k(top_k)
-        if filter_field:
-            scores, ids = self._filtered_search(queries, top_k, nprobe, ef_search, filter_field, filter_value_json)
-        else:
-            scores, ids = self.vectors.search(queries, top_k, nprobe, ef_search)
+        scores, ids = self._search_vectors(queries, top_k, nprobe, ef_search, filter_field, filter_value_json)
         found = np.unique(ids[ids >= 0])
         docs = dict(zip(found.tolist(), self.store.get_docs(found), strict=True))
         stored: dict[int, np.ndarray] = {}
@@ -313,6 +319,48 @@ class LogicalIndex:
                     hits.append(Hit(doc_id, score, doc[0], doc[1], stored.get(doc_id)))
             results.append(hits)
         return results
+
+    def search_arrays(
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        filter_field: str = "",
+        filter_value_json: str = "",
+    ) -> ArrayHits:
+        """The hits `search` finds, in the same order with the same scores, as arrays: no
+        per-hit object, and for an index of bare vectors no read of the store at all."""
+        scores, ids = self._search_vectors(queries, top_k, nprobe, ef_search, filter_field, filter_value_json)
+        texts = metas = None
+        if self.store.holds_docs():  # else every text and metadata is empty: not read
+            valid = ids >= 0
+            found, where = np.unique(ids[valid], return_inverse=True)
+            docs = self.store.get_docs(found)
+            stored = np.fromiter((doc is not None for doc in docs), dtype=bool, count=len(docs))
+            if not stored.all():  # as `search`: a hit whose document is gone is left out
+                valid[valid] = stored[where]
+                where = where[stored[where]]
+            ids = np.where(valid, ids, -1)
+            texts = [docs[i][0] for i in where.tolist()]  # type: ignore[index]
+            metas = [docs[i][1] for i in where.tolist()]  # type: ignore[index]
+        scores, ids = _hits_first(scores, ids)
+        return ArrayHits(scores, ids, (ids >= 0).sum(axis=1), texts, metas)
+
+    def _search_vectors(
+        self,
+        queries: np.ndarray,
+        top_k: int,
+        nprobe: int | None,
+        ef_search: int | None,
+        filter_field: str,
+        filter_value_json: str,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        queries = check_vectors(queries, self.config.dim, "queries")
+        top_k = check_top_k(top_k)
+        if filter_field:
+            return self._filtered_search(queries, top_k, nprobe, ef_search, filter_field, filter_value_json)
+        return self.vectors.search(queries, top_k, nprobe, ef_search)
 
     def _filtered_search(
         self, queries: np.ndarray, k: int, nprobe: int | None, ef_search: int | None, field: str, value_json: str
@@ -406,6 +454,17 @@ class LogicalIndex:
         self.close(save=False)
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _hits_first(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's hits (id >= 0) moved before its empty places, in their order: faiss leaves
+    -1 where it found nothing, and a hit without its document was just marked so."""
+    empty = ids < 0
+    if not empty.any():
+        return scores, ids
+    order = np.argsort(empty, axis=1, kind="stable")
+    scores = np.where(empty, np.float32(np.nan), scores)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 
 def _exact_top_k(

@@ -41,6 +41,9 @@ _COMMIT_GROUP = 16  # begun writes committed together at most (one fdatasync, on
 # growing the map needs no transaction open in the process, and writes commit in the writer
 # thread while searches read, so growth must stay the rare exception (over 64 GiB of LMDB).
 _COMMITTED, _DTYPE = b"committed", b"dtype"
+# Whether any document ever written had text or metadata: b"\x01" yes, b"\x00" no (a store of
+# bare vectors); absent in stores written before it was kept (found out by a scan, once).
+_CONTENT, _NO, _YES = b"content", b"\x00", b"\x01"
 # A write's vectors below this many bytes stay in LMDB, next to their documents: one commit
 # and its syncs, where a segment write would add an fdatasync of its own (a pipeline's
 # batches of 100 took 1.7 times as long). From here up they go to the segment file, from a
@@ -101,6 +104,7 @@ class PendingPut:
         "error",
         "on_written",
         "order",
+        "content",
     )
 
     def __init__(self, ids: np.ndarray, keys: list[bytes], docs: list[tuple[bytes, bytes]]) -> None:
@@ -113,6 +117,7 @@ class PendingPut:
         self.error: BaseException | None = None
         self.on_written: Callable[[], None] | None = None
         self.order = 0  # the how-many-th write of rows this is (0: no rows)
+        self.content = False  # the first text or metadata the store holds: the commit records it
 
     def written(self) -> bool:
         """True once the write is committed (or failed): finishing it will not wait."""
@@ -168,6 +173,11 @@ class IndexStore:
             self._migrate_lmdb_vectors()
             with self._env.begin() as txn:
                 self._count = int(txn.stat(self._rows)["entries"])
+                content = txn.get(_CONTENT, db=self._meta)
+            self._content: bool | None = None if content is None else bytes(content) == _YES
+            if content is None and self._count == 0:  # a new store: known to hold no text yet
+                self._write(lambda txn: txn.put(_CONTENT, _NO, db=self._meta))
+                self._content = False
         except BaseException:
             self.close()
             raise
@@ -279,6 +289,7 @@ class IndexStore:
         docs = list(zip(keys, map(encode_doc, text_list, meta_list), strict=True))
         pending = PendingPut(ids, keys, docs)
         pending.on_written = on_written
+        pending.content = not self._content and (any(text_list) or any(meta_list))
         if self.goes_to_segment(len(ids)):
             pending.first = self._next_row
             pending.vectors = vectors
@@ -374,10 +385,15 @@ class IndexStore:
                 rows.putmulti(zip(pending.keys, locations, strict=True))
                 log.put(_seq_key(number), _OP_PUT + pending.ids.astype("<i8").tobytes())
             txn.put(_COMMITTED, total.to_bytes(8, "little"), db=self._meta)
+            if content:
+                txn.put(_CONTENT, _YES, db=self._meta)
             # The transaction's own view counts the new keys; replaced ones are not new.
             return int(txn.stat(self._rows)["entries"])
 
+        content = any(pending.content for pending in group)
         self._count = self._write(work)
+        if content:
+            self._content = True
         self._segment.mark_committed(total)
         self._seq = seq
         for pending, number, _ in records:
@@ -456,6 +472,15 @@ class IndexStore:
         with self._env.begin(buffers=True) as txn:
             raw = b"".join(bytes(key) for key in txn.cursor(db=self._rows).iternext(keys=True, values=False))
         return np.frombuffer(raw, dtype=">u8").astype(np.int64)
+
+    def holds_docs(self) -> bool:
+        """Whether any document written has text or metadata (deleted since or not): kept in
+        the store, so an index of bare vectors knows it without reading its documents."""
+        if self._content is None:  # a store from before the flag: look once (stops at the first)
+            with self._env.begin(buffers=True) as txn:
+                values = txn.cursor(db=self._docs).iternext(keys=False, values=True)
+                self._content = any(value != _EMPTY_DOC for value in values)
+        return self._content
 
     def iter_metas(self) -> Iterator[tuple[int, str]]:
         with self._env.begin(buffers=False) as txn:

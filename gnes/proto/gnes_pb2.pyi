@@ -195,7 +195,7 @@ class Request(_message.Message):
         doc_ids: NdArray
         def __init__(self, docs: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., embeddings: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ..., doc_ids: _Optional[_Union[NdArray, _Mapping]] = ...) -> None: ...
     class QueryRequest(_message.Message):
-        __slots__ = ("query", "top_k", "embedding", "index_name", "nprobe", "ef_search", "filter_field", "filter_value_json", "return_embeddings", "chunk_reduce")
+        __slots__ = ("query", "top_k", "embedding", "index_name", "nprobe", "ef_search", "filter_field", "filter_value_json", "return_embeddings", "chunk_reduce", "array_results")
         QUERY_FIELD_NUMBER: _ClassVar[int]
         TOP_K_FIELD_NUMBER: _ClassVar[int]
         EMBEDDING_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class Request(_message.Message):
         FILTER_VALUE_JSON_FIELD_NUMBER: _ClassVar[int]
         RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
         CHUNK_REDUCE_FIELD_NUMBER: _ClassVar[int]
+        ARRAY_RESULTS_FIELD_NUMBER: _ClassVar[int]
         query: Document
         top_k: int
         embedding: NdArray
@@ -216,7 +217,8 @@ class Request(_message.Message):
         filter_value_json: str
         return_embeddings: bool
         chunk_reduce: str
-        def __init__(self, query: _Optional[_Union[Document, _Mapping]] = ..., top_k: _Optional[int] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., filter_field: _Optional[str] = ..., filter_value_json: _Optional[str] = ..., return_embeddings: _Optional[bool] = ..., chunk_reduce: _Optional[str] = ...) -> None: ...
+        array_results: bool
+        def __init__(self, query: _Optional[_Union[Document, _Mapping]] = ..., top_k: _Optional[int] = ..., embedding: _Optional[_Union[NdArray, _Mapping]] = ..., index_name: _Optional[str] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., filter_field: _Optional[str] = ..., filter_value_json: _Optional[str] = ..., return_embeddings: _Optional[bool] = ..., chunk_reduce: _Optional[str] = ..., array_results: _Optional[bool] = ...) -> None: ...
     class ControlRequest(_message.Message):
         __slots__ = ("command",)
         class Command(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -317,7 +319,7 @@ class Response(_message.Message):
         info_json: str
         def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., info_json: _Optional[str] = ...) -> None: ...
     class QueryResponse(_message.Message):
-        __slots__ = ("status", "top_k", "topk_results", "is_big_score_similar", "is_sorted", "partial", "shards_answered", "shards_expected", "result_counts")
+        __slots__ = ("status", "top_k", "topk_results", "is_big_score_similar", "is_sorted", "partial", "shards_answered", "shards_expected", "result_counts", "result_ids", "result_scores", "result_texts", "result_metas_json")
         class ScoredResult(_message.Message):
             __slots__ = ("chunk", "doc", "score")
             class Score(_message.Message):
@@ -343,6 +345,10 @@ class Response(_message.Message):
         SHARDS_ANSWERED_FIELD_NUMBER: _ClassVar[int]
         SHARDS_EXPECTED_FIELD_NUMBER: _ClassVar[int]
         RESULT_COUNTS_FIELD_NUMBER: _ClassVar[int]
+        RESULT_IDS_FIELD_NUMBER: _ClassVar[int]
+        RESULT_SCORES_FIELD_NUMBER: _ClassVar[int]
+        RESULT_TEXTS_FIELD_NUMBER: _ClassVar[int]
+        RESULT_METAS_JSON_FIELD_NUMBER: _ClassVar[int]
         status: Response.Status
         top_k: int
         topk_results: _containers.RepeatedCompositeFieldContainer[Response.QueryResponse.ScoredResult]
@@ -352,7 +358,11 @@ class Response(_message.Message):
         shards_answered: int
         shards_expected: int
         result_counts: _containers.RepeatedScalarFieldContainer[int]
-        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., top_k: _Optional[int] = ..., topk_results: _Optional[_Iterable[_Union[Response.QueryResponse.ScoredResult, _Mapping]]] = ..., is_big_score_similar: _Optional[bool] = ..., is_sorted: _Optional[bool] = ..., partial: _Optional[bool] = ..., shards_answered: _Optional[int] = ..., shards_expected: _Optional[int] = ..., result_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+        result_ids: NdArray
+        result_scores: NdArray
+        result_texts: _containers.RepeatedScalarFieldContainer[str]
+        result_metas_json: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, status: _Optional[_Union[Response.Status, str]] = ..., top_k: _Optional[int] = ..., topk_results: _Optional[_Iterable[_Union[Response.QueryResponse.ScoredResult, _Mapping]]] = ..., is_big_score_similar: _Optional[bool] = ..., is_sorted: _Optional[bool] = ..., partial: _Optional[bool] = ..., shards_answered: _Optional[int] = ..., shards_expected: _Optional[int] = ..., result_counts: _Optional[_Iterable[int]] = ..., result_ids: _Optional[_Union[NdArray, _Mapping]] = ..., result_scores: _Optional[_Union[NdArray, _Mapping]] = ..., result_texts: _Optional[_Iterable[str]] = ..., result_metas_json: _Optional[_Iterable[str]] = ...) -> None: ...
     class EmbedResponse(_message.Message):
         __slots__ = ("status", "embeddings")
         STATUS_FIELD_NUMBER: _ClassVar[int]

@@ -324,7 +324,7 @@ class IndexerService(BaseService):
         request = packet.request()  # raises for the malformed index requests that land here
         response = pb.Response(request_id=request.request_id)
         if body_type == BodyType.QUERY:
-            self._search(request.search, response.search)
+            self._search(request.search, response.search, packet.payload)
         elif body_type == BodyType.TRAIN:
             for index in self._targets(request.train.index_name):
                 index.train_now()
@@ -342,16 +342,24 @@ class IndexerService(BaseService):
             return [self.indexes.get(name)]
         return [self.indexes.get(n) for n in self.indexes.names()]
 
-    def _search(self, body: pb.Request.QueryRequest, out: pb.Response.QueryResponse) -> None:
+    def _search(
+        self, body: pb.Request.QueryRequest, out: pb.Response.QueryResponse, payload: memoryview | None = None
+    ) -> None:
+        """`payload`: the query vectors' bytes where they came as a frame of their own (IndexClient)."""
         if not body.HasField("embedding"):
             raise WireError("the query reached the indexer without a vector: is an encoder in front?")
         if body.top_k <= 0:
             raise WireError("top_k must be at least 1")
         index = self.indexes.get(body.index_name)
-        queries = np.asarray(nd_to_array(body.embedding), dtype=np.float32)
+        queries = np.asarray(nd_to_array(body.embedding, payload), dtype=np.float32)
         batch = queries.ndim == 2  # a [q, d] batch from a vector client; else one query
         # Chunk vectors ranked into documents where the index holds chunks (gnes/indexer/chunk_rank.py).
         mode = reduce_mode(index, body.chunk_reduce)
+        # Arrays only for vectors sent as a frame of their own, which only a direct client does:
+        # through the pipeline (a gRPC client may set the flag too) the reducer merges documents.
+        if body.array_results and payload is not None and batch and not mode and not body.return_embeddings:
+            _array_answer(index, body, queries, out)
+            return
         search = partial(search_chunks, index, mode=mode) if mode else index.search
         results = search(
             queries if batch else queries.reshape(1, -1),
@@ -376,12 +384,7 @@ class IndexerService(BaseService):
                 add_evidence(result, hit, mode)
             if batch:
                 out.result_counts.append(len(hits))
-        out.status = pb.Response.SUCCESS
-        out.top_k = body.top_k
-        out.is_big_score_similar = index.config.metric == "ip"
-        out.is_sorted = True
-        out.shards_answered = 1
-        out.shards_expected = 1
+        _answer_header(index, body, out)
 
     def _admin(self, body: pb.Request.AdminRequest, out: pb.Response.AdminResponse) -> None:
         command, name = body.command, body.index_name
@@ -433,6 +436,38 @@ class IndexerService(BaseService):
                 item.embedding.CopyFrom(array_to_nd(vectors[row]))
 
 
+def _array_answer(
+    index: LogicalIndex, body: pb.Request.QueryRequest, queries: np.ndarray, out: pb.Response.QueryResponse
+) -> None:
+    """A vector client's batch answered with [q, k] arrays (see QueryRequest.array_results):
+    no ScoredResult per hit, which cost a batch of 100 queries x 10 hits ~15 ms to build here
+    and as much again to read at the client."""
+    hits = index.search_arrays(
+        queries,
+        int(body.top_k),
+        nprobe=body.nprobe or None,
+        ef_search=body.ef_search or None,
+        filter_field=body.filter_field,
+        filter_value_json=body.filter_value_json,
+    )
+    array_to_nd(hits.ids, out=out.result_ids)
+    array_to_nd(hits.scores.astype(np.float32, copy=False), out=out.result_scores)
+    out.result_counts[:] = hits.counts.tolist()
+    if hits.texts is not None and hits.metas is not None:
+        out.result_texts[:] = hits.texts
+        out.result_metas_json[:] = hits.metas
+    _answer_header(index, body, out)
+
+
+def _answer_header(index: LogicalIndex, body: pb.Request.QueryRequest, out: pb.Response.QueryResponse) -> None:
+    out.status = pb.Response.SUCCESS
+    out.top_k = body.top_k
+    out.is_big_score_similar = index.config.metric == "ip"
+    out.is_sorted = True
+    out.shards_answered = 1
+    out.shards_expected = 1
+
+
 def _index_request(packet: Packet) -> pb.Request | None:
     """The parsed request if the packet is a well-formed index request, else None."""
     if packet.envelope.body_type != BodyType.INDEX:
@@ -470,14 +505,15 @@ def _joins(run: Run, request: pb.Request) -> bool:
 
 
 def _direct_packet(frames: list[zmq.Frame]) -> Packet:
-    """Envelope and body; a bulk index request's vectors may follow as a third frame, used
-    where libzmq received it (faiss and the segment file read it there: no copy)."""
+    """Envelope and body; a bulk index request's or a query batch's vectors may follow as a
+    third frame, used where libzmq received it (faiss and the segment file read it there: no
+    copy; a batch of 100 x 784 queries parsed from inside the body cost 0.45 ms)."""
     if len(frames) > 3:
         raise WireError(f"expected 2 frames (envelope, body) or 3 (and the vectors), got {len(frames)}")
     packet = parse_frames([frame.bytes for frame in frames[:2]])
     if len(frames) == 3:
-        if packet.envelope.body_type != BodyType.INDEX:
-            raise WireError("only an index request may carry its vectors as a frame of their own")
+        if packet.envelope.body_type not in (BodyType.INDEX, BodyType.QUERY):
+            raise WireError("only an index or query request may carry its vectors as a frame of their own")
         packet.payload = frames[2].buffer
     return packet
 
