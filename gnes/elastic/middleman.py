@@ -190,10 +190,18 @@ class ShardProxyService(Membership, ProxyService):
             self._queued.append((time.monotonic(), packet))
 
     def _route_write(self, packet: Packet, since: float) -> None:
+        members = self.ring.members
+        if len(members) == 1:
+            # One shard owns every id: the body goes on as it came, not parsed here (the shard
+            # parses it anyway, and answers a malformed one with the reason). Parsing 100 encoded
+            # documents for their ids cost 70 us a request.
+            stamp_route(packet, self.name, self.identity)
+            self._send_write_parts(packet, [(members[0], packet.body)], since)
+            return
         request = packet.request()
         body = request.index
         ids = [doc.doc_id for doc in body.docs]
-        groups = self.ring.split(ids) if ids else {self.ring.members[0]: np.zeros(0, dtype=np.int64)}
+        groups = self.ring.split(ids) if ids else {members[0]: np.zeros(0, dtype=np.int64)}
         stamp_route(packet, self.name, self.identity)
         if len(groups) == 1:
             bodies = [(next(iter(groups)), packet.body)]
@@ -207,6 +215,10 @@ class ShardProxyService(Membership, ProxyService):
                 if vectors is not None:
                     array_to_nd(vectors[rows], part.index.embeddings)
                 bodies.append((member, part.SerializeToString()))
+        self._send_write_parts(packet, bodies, since)
+
+    def _send_write_parts(self, packet: Packet, bodies: list[tuple[str, bytes]], since: float) -> None:
+        """Each part to its shard, held until that shard acknowledges it."""
         for i, (member, part_body) in enumerate(bodies):
             env = pb.Envelope()
             env.CopyFrom(packet.envelope)
