@@ -233,14 +233,7 @@ class IndexStore:
     def iter_rows(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every stored (ids, segment rows with -1 for vectors kept in LMDB), in id order;
         no vector is read."""
-        with self._env.begin(buffers=False) as txn:
-            walk = iter(txn.cursor(db=self._rows))
-            while True:
-                items = [item for _, item in zip(range(batch), walk, strict=False)]
-                if not items:
-                    return
-                ids = np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
-                yield ids, _rows_or_minus_one([value for _, value in items])
+        return self._walk(batch, _rows_or_minus_one)
 
     def put(
         self,
@@ -457,6 +450,10 @@ class IndexStore:
 
     def iter_vectors(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every stored (ids, float32 vectors), in id order, `batch` rows at a time."""
+        return self._walk(batch, self._vectors_at)
+
+    def _walk(self, batch: int, read: Callable[[list[bytes]], np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, read(values of the rows database)) in id order, `batch` at a time."""
         with self._env.begin(buffers=False) as txn:
             # One iterator for the whole walk: a new one would yield the current row again.
             walk = iter(txn.cursor(db=self._rows))
@@ -465,7 +462,7 @@ class IndexStore:
                 if not items:
                     return
                 ids = np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
-                yield ids, self._vectors_at([value for _, value in items])
+                yield ids, read([value for _, value in items])
 
     def ids(self) -> np.ndarray:
         """Every stored id, in id order (keys only: no vector is read)."""
