@@ -687,3 +687,20 @@ def test_add_many_is_one_commit_that_keeps_good_batches_and_reports_bad_ones(tmp
         assert reopened.count() == 25 and reopened.get([5]) == [("second 5", "")]
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_every_non_finite_value_is_refused_wherever_it_is(bad: float) -> None:
+    """check_vectors finds NaN and infinities in one BLAS pass (a row times zeros); huge finite
+    values must not look like overflow."""
+    from gnes.indexer.checks import check_vectors
+
+    rng = np.random.default_rng(0)
+    huge = np.full((3, 8), np.finfo(np.float32).max, dtype=np.float32)
+    assert check_vectors(huge, 8) is not None
+    assert check_vectors(np.zeros((0, 8), dtype=np.float32), 8).shape == (0, 8)
+    for row, col in [(0, 0), (999, 783), (500, 17)]:
+        vectors = rng.standard_normal((1000, 784), dtype=np.float32)
+        vectors[row, col] = bad
+        with pytest.raises(ValueError, match="NaN or infinity"):
+            check_vectors(vectors, 784)
