@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..proto import pb
+from ..service.config import ServiceConfig
 from .grpc_client import GnesClient, SearchHit
 
 # The frontend's default --max_doc_bytes: a larger file would have its whole request refused.
-MAX_FILE_BYTES = 1 << 20
+MAX_FILE_BYTES = ServiceConfig.max_doc_bytes
 
 
 @dataclass(slots=True)

@@ -29,8 +29,8 @@ from ..indexer.checks import check_doc_ids
 from ..indexer.config import IndexConfig
 from ..placement import Placement
 from ..proto import WireError, array_to_nd, nd_to_array, pb
-from ..service.message import body_type_of, parse_frames
-from .results import SearchResult, merge, shard_hits
+from ..service.message import body_type_of, failed, parse_frames
+from .results import SearchResult, merge, meta_of, shard_hits
 
 Admin = pb.Request.AdminRequest
 _QUERY_CHUNK = 1024  # queries per request: bounds one message's size
@@ -83,14 +83,20 @@ class IndexClient:
         return len(self.shards)
 
     # ---- transport ---------------------------------------------------------------------
-    def _send(self, shard: int, request: pb.Request, payload: np.ndarray | None = None) -> int:
+    def _send(
+        self, shard: int, request: pb.Request, payload: np.ndarray | None = None, body: bytes | None = None
+    ) -> int:
         """Send a request; `payload` (an index request's vectors, an array nobody else holds)
-        goes as a frame of its own, straight from its memory (no copy into the message)."""
+        goes as a frame of its own, straight from its memory (no copy into the message).
+        `body`: the request serialized already (a broadcast serializes it once for all shards;
+        answers are matched by their envelopes' ids, which differ)."""
         self._request_id = (self._request_id + 1) & 0xFFFFFFFF
-        request.request_id = self._request_id
+        if body is None:
+            request.request_id = self._request_id
+            body = request.SerializeToString()
         envelope = pb.Envelope(client_id=self._client_id, request_id=self._request_id)
         envelope.body_type = body_type_of(request)
-        frames: list[Any] = [envelope.SerializeToString(), request.SerializeToString()]
+        frames: list[Any] = [envelope.SerializeToString(), body]
         if payload is not None:
             frames.append(payload)
         self._socks[shard].send_multipart(frames, copy=False)  # small frames are copied anyway
@@ -117,8 +123,7 @@ class IndexClient:
                         continue  # the late answer of a request that already timed out
                     shard = waiting.pop(rid)
                     response = packet.response()
-                    kind = response.WhichOneof("body")
-                    if kind is None or getattr(response, kind).status == pb.Response.ERROR:
+                    if failed(response):
                         raise IndexClientError(f"{self._describe(shard)}: {response.error or 'failed'}")
                     yield rid, response
 
@@ -126,25 +131,19 @@ class IndexClient:
         """Send one request to every shard, serialized once, with `payload` (the query
         vectors) as a frame of its own, sent from the array's memory: copying 300 KB of
         vectors into and out of the protobuf body cost ~1 ms a batch, client and shard
-        together. The answers in shard order. The body's request id is the first shard's:
-        answers are matched by their envelopes' ids, which differ. `payload` must stay
-        unchanged until the answers are in (they come after the shards received it)."""
-        rid = (self._request_id + 1) & 0xFFFFFFFF
-        request.request_id = rid
+        together. The answers in shard order. The body's request id is the first shard's.
+        `payload` must stay unchanged until the answers are in (they come after the shards
+        received it)."""
+        request.request_id = (self._request_id + 1) & 0xFFFFFFFF
         body = request.SerializeToString()
-        sent = []
-        for shard in range(self.num_shards):
-            self._request_id = (self._request_id + 1) & 0xFFFFFFFF
-            envelope = pb.Envelope(client_id=self._client_id, request_id=self._request_id)
-            envelope.body_type = body_type_of(request)
-            self._socks[shard].send_multipart([envelope.SerializeToString(), body, payload], copy=False)
-            sent.append(self._request_id)
-        answers = dict(self._receive(dict(zip(sent, range(self.num_shards), strict=True))))
-        return [answers[rid] for rid in sent]
+        return self._answers([self._send(shard, request, payload, body) for shard in range(self.num_shards)])
 
     def _call_all(self, make: Any) -> list[pb.Response]:
         """Send `make(shard)` to every shard and return the answers in shard order."""
-        sent = [self._send(shard, make(shard)) for shard in range(self.num_shards)]
+        return self._answers([self._send(shard, make(shard)) for shard in range(self.num_shards)])
+
+    def _answers(self, sent: list[int]) -> list[pb.Response]:
+        """The answers to requests sent one to each shard (ids in shard order), in shard order."""
         answers = dict(self._receive(dict(zip(sent, range(self.num_shards), strict=True))))
         return [answers[rid] for rid in sent]
 
@@ -345,7 +344,7 @@ class IndexClient:
         found: dict[int, dict[str, Any]] = {}
         for response in self._call_all(make):
             for doc in response.admin.docs:
-                item: dict[str, Any] = {"id": doc.doc_id, "text": doc.raw_text, "meta": _meta(doc.meta_json)}
+                item: dict[str, Any] = {"id": doc.doc_id, "text": doc.raw_text, "meta": meta_of(doc.meta_json)}
                 if return_embeddings:
                     item["embedding"] = nd_to_array(doc.embedding)
                 found[doc.doc_id] = item
@@ -431,7 +430,3 @@ class IndexClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _meta(meta_json: str) -> dict[str, Any]:
-    return json.loads(meta_json) if meta_json else {}

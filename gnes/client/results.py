@@ -45,7 +45,7 @@ class SearchResult:
     @property
     def metas(self) -> list[list[dict[str, Any]]]:
         if self._metas is None:
-            self._metas = _per_query(self.ids, self._hit_metas, _meta, dict)
+            self._metas = _per_query(self.ids, self._hit_metas, meta_of, dict)
         return self._metas
 
     @property
@@ -203,5 +203,5 @@ def _per_query(ids: np.ndarray, hits: list[str] | None, convert: Any, empty: Any
     return [[convert(next(values)) for _ in range(count)] for count in counts]
 
 
-def _meta(meta_json: str) -> dict[str, Any]:
+def meta_of(meta_json: str) -> dict[str, Any]:
     return json.loads(meta_json) if meta_json else {}

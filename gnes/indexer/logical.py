@@ -125,10 +125,14 @@ class LogicalIndex:
         snapshot = self._read_snapshot()
         stored = self.vectors.stored is not None
         if snapshot is None:
-            walk = self.store.iter_rows() if stored else self.store.iter_vectors()
-            for ids, found in walk:
-                self._take(ids, found) if stored else self.vectors.add(ids, found)
-                self.rebuilt += len(ids)
+            if stored:
+                for ids, rows in self.store.iter_rows():
+                    self._take(ids, rows)
+                    self.rebuilt += len(ids)
+            else:
+                for ids, vectors in self.store.iter_vectors():
+                    self.vectors.add(ids, vectors)
+                    self.rebuilt += len(ids)
             return
         index, arrays, seq = snapshot
         self.vectors.restore(index, arrays)

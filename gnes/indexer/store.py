@@ -371,6 +371,8 @@ class IndexStore:
             total = total if first is None else max(total, first + n)
             records.append((pending, seq, pending.locations if first is None else _row_values(first, n)))
 
+        content = any(pending.content for pending in group)
+
         def work(txn: Any) -> int:
             docs, rows, log = txn.cursor(db=self._docs), txn.cursor(db=self._rows), txn.cursor(db=self._log)
             for pending, number, locations in records:
@@ -383,7 +385,6 @@ class IndexStore:
             # The transaction's own view counts the new keys; replaced ones are not new.
             return int(txn.stat(self._rows)["entries"])
 
-        content = any(pending.content for pending in group)
         self._count = self._write(work)
         if content:
             self._content = True

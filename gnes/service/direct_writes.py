@@ -42,9 +42,6 @@ class DirectWrites:
         os.set_blocking(self.fd, False)
         os.set_blocking(self._wake_fd, False)
 
-    def __len__(self) -> int:
-        return len(self._begun)
-
     def add(self, run: Any) -> None:
         self._begun.append(self._begin(run, self._wake))
         while len(self._begun) > self.limit:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,14 +46,14 @@ Admin = pb.Request.AdminRequest
 Run = list[tuple[bytes | None, Packet, pb.Request]]
 
 
+@dataclass(slots=True)
 class _Begun:
-    """A run whose vectors are being written: finished (committed, answered) in order."""
+    """A run whose vectors are being written: finished (committed, answered) in order.
+    `work` is the index and its begun write, or why nothing of the run was written."""
 
-    __slots__ = ("run", "checked", "index", "pending")
-
-    def __init__(self, run: Run, checked: list[Batch | Exception], index: LogicalIndex | None, pending: Any) -> None:
-        self.run, self.checked, self.index = run, checked, index
-        self.pending: PendingAdd | Exception = pending
+    run: Run
+    checked: list[Batch | Exception]
+    work: tuple[LogicalIndex, PendingAdd] | Exception
 
 
 class IndexerService(BaseService):
@@ -281,26 +282,26 @@ class IndexerService(BaseService):
         batches = [c for c in checked if not isinstance(c, Exception)]
         try:  # an unknown index too: every request hears why
             index = self.indexes.get(run[0][2].index.index_name)  # one index per run (see _joins)
-            return _Begun(run, checked, index, index.begin_many(batches, on_written))
+            return _Begun(run, checked, (index, index.begin_many(batches, on_written)))
         except Exception as exc:  # nothing of the group was written: every request hears why
-            return _Begun(run, checked, None, exc)
+            return _Begun(run, checked, exc)
 
     @staticmethod
     def _written(begun: _Begun) -> bool:
-        pending = begun.pending
-        return isinstance(pending, Exception) or begun.index is None or begun.index.written(pending)
+        return isinstance(begun.work, Exception) or begun.work[0].written(begun.work[1])
 
     def _finish_run(self, begun: _Begun) -> list[pb.Response]:
         """Commit a begun group; answer each request with its count or error."""
         n = sum(1 for c in begun.checked if not isinstance(c, Exception))
-        if isinstance(begun.pending, Exception) or begun.index is None:
-            written = iter([begun.pending] * n)
+        index: LogicalIndex | None = None
+        if isinstance(begun.work, Exception):
+            written = iter([begun.work] * n)
         else:
+            index, pending = begun.work
             try:
-                written = iter(begun.index.finish_many(begun.pending))
+                written = iter(index.finish_many(pending))
             except Exception as exc:  # nothing of the group was committed: every request hears why
                 written = iter([exc] * n)
-        index = begun.index
         answers = []
         for (_, packet, request), item in zip(begun.run, begun.checked, strict=True):
             outcome = item if isinstance(item, Exception) else next(written)
