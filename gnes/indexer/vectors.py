@@ -44,15 +44,19 @@ def import_faiss() -> Any:
     return faiss
 
 
+# faiss 1.15 scores queries one by one while queries x dims < distance_compute_blas_threshold
+# (128,000 by default) and with BLAS from there. Measured on 2 cores, 1 thread: one by one wins
+# below 4 queries (one 784-d query on 30,000 rows: 3.6 ms against 12.2 with BLAS; one 64-d on
+# 10,000: 137 us against 331) and BLAS from 4 up (100 x 784-d on 30,000: 0.074 s against 0.70
+# one by one, bench/recall.py).
+BLAS_FROM_QUERIES = 4
+
+
 class VectorIndex:
     """Slot-labelled faiss index with a flat buffer until trained. Not thread-safe: one owner."""
 
     def __init__(self, config: IndexConfig) -> None:
         self.faiss = faiss = import_faiss()
-        # faiss scores a query batch with BLAS only from 128,000 queries up (1.15 default);
-        # below that it loops per query. A client's batch of 100 x 784-d queries against
-        # 30k vectors took 0.70 s that way and 0.074 s with BLAS (bench/recall.py, 1 thread).
-        faiss.cvar.distance_compute_blas_threshold = 16
         self.config = config
         self.metric_type = faiss.METRIC_INNER_PRODUCT if config.metric == "ip" else faiss.METRIC_L2
         if config.uses_gpu and faiss.get_num_gpus() == 0:
@@ -288,6 +292,8 @@ class VectorIndex:
         allowed_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return (scores [q, k'], doc ids [q, k'] padded with -1); `allowed_ids`: the ids a filter admits."""
+        # Set per search: the threshold is one for the whole process, and is counted in floats.
+        self.faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES * self.config.dim
         allowed = None if allowed_ids is None else self.slots_of(allowed_ids)
         scores, ids = self._search_own(queries, k, nprobe, ef_search, allowed)
         if self.stored is not None and len(self.stored):
