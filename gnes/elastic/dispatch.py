@@ -16,6 +16,13 @@ its envelope names (`model_name`); one for a model that no worker has ever serve
 workers have all left, is answered at once with an error naming the model, instead of waiting
 for a worker that will never come. A model whose workers only died waits FORGET_AFTER_S for them
 to come back before its queue is answered the same way.
+
+A worker that has said LEAVE is on its way out, however it goes: let go with BYE, or down (it quit
+without BYE, or died) before that. Either way, once no other worker of its model is left, the model
+is forgotten at once, so a model removed on purpose is refused at once. A worker that is let go is
+remembered by name: a heartbeat it sent before it read its BYE arrives after it, and must not
+bring it, and its model, back as a fresh worker (whose closing connection would then read as a
+death and keep the model waiting FORGET_AFTER_S).
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ log = logging.getLogger("gnes.dispatch")
 
 # A model whose workers all died (not left) and none came back for this long is forgotten.
 FORGET_AFTER_S = 30.0
+# How many workers let go (BYE) are remembered, so that their late messages are ignored.
+_LET_GO_KEPT = 4096
 _ANY = None  # the queue of answers (errors) that any worker may carry downstream
 
 
@@ -65,6 +74,8 @@ class WorkDispatcher:
         self.unknown_model = 0
         # model -> when its last live worker died (None while one lives)
         self.models: dict[str, float | None] = {}
+        # name -> incarnation of the workers let go, oldest first
+        self._let_go: OrderedDict[str, str] = OrderedDict()
         self._stopping = stopping
         self.router: zmq.Socket | None = None
 
@@ -126,6 +137,8 @@ class WorkDispatcher:
     def _on_message(self, name: str, kind: bytes, frames: list[bytes], frame: zmq.Frame) -> None:
         body = frames[0]
         hello = link.unpack(body) if kind == link.HELLO else None
+        if self._from_let_go(name, hello):
+            return
         appeared, restarted = self.peers.heard(name, frame, hello)
         worker = self.workers.get(name)
         if worker is None or restarted:
@@ -134,7 +147,8 @@ class WorkDispatcher:
             worker = self.workers[name] = _Worker(name)
         if hello is not None:
             worker.model = str(hello.get("model", ""))
-            self.models[worker.model] = None  # it has a live worker (again)
+            if not worker.leaving:  # a leaving worker's heartbeat brings no model back
+                self.models[worker.model] = None  # it has a live worker (again)
         if appeared and not restarted:
             log.info("worker %s is up (%d workers)", name, sum(self.peers.live(w) for w in self.workers))
         if kind == link.ACK:
@@ -146,10 +160,38 @@ class WorkDispatcher:
         elif kind != link.HELLO:
             raise ValueError(f"unknown kind {kind!r}")
         if worker.leaving and not worker.in_flight:
-            send_to(self.router, name, [link.BYE, link.pack({"reason": "done"})], self._stopping)
-            del self.workers[name]
-            if not any(w.model == worker.model for w in self.workers.values()):
-                self._forget(worker.model, "its encoders have left")
+            self._dismiss(worker)
+
+    def _dismiss(self, worker: _Worker) -> None:
+        """Let a leaving worker go (BYE) once it holds nothing, and remember it as gone."""
+        send_to(self.router, worker.name, [link.BYE, link.pack({"reason": "done"})], self._stopping)
+        del self.workers[worker.name]
+        peer = self.peers.forget(worker.name)  # its closing connection is no death now
+        self._let_go[worker.name] = peer.incarnation if peer is not None else ""
+        while len(self._let_go) > _LET_GO_KEPT:
+            self._let_go.popitem(last=False)
+        self._gone(worker)
+
+    def _from_let_go(self, name: str, hello: dict | None) -> bool:
+        """Whether a message comes from a worker already let go: a heartbeat that crossed its BYE,
+        to be ignored. A HELLO of another incarnation is a new process under that name."""
+        incarnation = self._let_go.get(name)
+        if incarnation is None:
+            return False
+        if hello is None or str(hello.get("incarnation", "")) == incarnation:
+            return True
+        del self._let_go[name]
+        return False
+
+    def _gone(self, worker: _Worker) -> None:
+        """A worker was let go or went down: its model is forgotten at once if it was leaving and no
+        other live worker of the model is left; it waits FORGET_AFTER_S if the worker died."""
+        if any(w.model == worker.model and self.peers.live(w.name) for w in self.workers.values()):
+            return  # still served, or others of it still finishing (they decide when they go)
+        if worker.leaving:
+            self._forget(worker.model, "its encoders have left")
+        else:
+            self.models[worker.model] = time.monotonic()
 
     def _patience(self, name: str) -> float:
         """How long a worker may be silent before it is taken for dead: longer while it holds work."""
@@ -161,9 +203,9 @@ class WorkDispatcher:
         worker = self.workers.pop(name, None)
         if worker is not None:
             log.warning("worker %s is down (%s): %d messages go to the others", name, why, len(worker.in_flight))
+            # First in line of its model's queue; refused with the rest if its model goes with it.
             self._give_back(worker)
-            if not any(self.peers.live(w.name) for w in self.workers.values() if w.model == worker.model):
-                self.models[worker.model] = time.monotonic()
+            self._gone(worker)
 
     def _give_back(self, worker: _Worker) -> None:
         """What a dead worker held goes first in line of its queue, in its order."""

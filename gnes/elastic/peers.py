@@ -76,6 +76,10 @@ class Peers:
         peer.incarnation, peer.live = incarnation, True
         return appeared, restarted
 
+    def forget(self, name: str) -> Peer | None:
+        """Drop a peer that was let go: its closing connection or silence is no longer news."""
+        return self.table.pop(name, None)
+
     def down(self, peer: Peer, why: str) -> None:
         if peer.live:
             peer.live = False

@@ -56,6 +56,7 @@ class WorkerLink:
         return min(self._next_hello, self.leave_deadline or self._next_hello)
 
     def on_timer(self, now: float) -> None:
-        if now >= self._next_hello:
+        # Let go: no more heartbeats (the dispatcher ignores any that crossed its BYE).
+        if now >= self._next_hello and not self.dismissed:
             self.hello()
             self._next_hello = now + link.HELLO_INTERVAL_S
