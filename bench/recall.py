@@ -10,10 +10,15 @@ Workload: the 60,000 training images are loaded (IndexClient.add_stream, batches
 into N shard processes (default 2); then the first 1,000 test images are the queries, top_k 10,
 sent in batches of 100. recall@10 = |found ∩ exact| / 10, averaged over the queries.
 
-Baseline, per type and knob: the same faiss index (the factory string gnes builds, trained
-on as many vectors as the shards train on together) in this process, built before the
-timing, answering the same batches of 100 with the same knobs and the shards' BLAS setting
-(the faster of all cores and one thread); each row's `of in-process` is gnes's query rate over that one's.
+Two baselines, per type and knob, built before the timing, answering the same batches of 100 with
+the same knobs and the shards' BLAS setting in this process:
+- `in-proc`: the one faiss index of all the vectors (the factory string gnes builds, trained on as
+  many vectors as the shards train on together), the faster of all cores and one thread;
+- `sharded`: faiss IndexShards over one such index per shard, each holding the rows the client's
+  placement sends that shard and trained on that shard's first train_num, so it does the work the
+  shards do (every shard runs every query); the fastest of IndexShards's threads and the
+  sub-indexes searched in turn with all cores or one thread.
+Each row's `of in-proc` / `of sharded` is gnes's query rate over that baseline's.
 `--repeat N` times N passes over the queries on both sides and keeps each side's best: on a
 machine shared with other work, one pass's rate can swing by a factor of two.
 
@@ -63,36 +68,68 @@ def exact_neighbours(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np
     return index.search(queries, k)
 
 
-def inprocess_index(config: dict[str, Any], train: np.ndarray, shards: int) -> Any:
-    """The faiss index gnes builds for `config`, in this process: trained, filled, untimed."""
+def faiss_index(config: dict[str, Any], vectors: np.ndarray, train_num: int, ids: np.ndarray | None = None) -> Any:
+    """The faiss index gnes builds for `config`, in this process, trained on the first
+    `train_num` of `vectors` and filled with all of them; untimed. With `ids`, labelled as a
+    shard labels it: IVF keeps ids itself, other types go inside faiss's id map."""
     import faiss
 
     from gnes.indexer.config import IndexConfig
 
     faiss.cvar.distance_compute_blas_threshold = 16  # as the shards set it (gnes/indexer/vectors.py)
-    index = faiss.index_factory(train.shape[1], IndexConfig.from_dict(config).factory, faiss.METRIC_L2)
+    index = faiss.index_factory(vectors.shape[1], IndexConfig.from_dict(config).factory, faiss.METRIC_L2)
     if not index.is_trained:
-        index.train(train[: min(len(train), config["train_num"] * shards)])
-    index.add(train)
+        index.train(vectors[: min(len(vectors), train_num)])
+    if ids is None:
+        index.add(vectors)
+        return index
+    if faiss.try_extract_index_ivf(index) is None:
+        index = faiss.IndexIDMap2(index)
+    index.add_with_ids(vectors, ids)
     return index
 
 
-def inprocess_rate(
-    index: Any, queries: np.ndarray, knobs: dict[str, int | None], repeat: int = 1
-) -> tuple[np.ndarray, float]:
-    """Like timed_search, on the in-process index with the same knobs (faiss defaults otherwise)."""
+def sharded_indexes(config: dict[str, Any], train: np.ndarray, placement: Any, train_num: int) -> list[Any]:
+    """One faiss index per gnes shard, holding the rows `placement` (the client's) sends that
+    shard, trained on that shard's first `train_num` of them as a shard trains when they arrive."""
+    parts = placement.split(np.arange(len(train), dtype=np.int64)).values()
+    return [faiss_index(config, train[rows], train_num, rows.astype(np.int64)) for rows in parts]
+
+
+def set_knobs(index: Any, knobs: dict[str, int | None]) -> None:
+    """nprobe / efSearch as the row asks, faiss's defaults otherwise (nprobe 1, efSearch 16)."""
     import faiss
 
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 too
+        index = faiss.downcast_index(index.index)
     ivf = faiss.try_extract_index_ivf(index)
-    hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
     if ivf is not None:
         ivf.nprobe = knobs.get("nprobe") or 1
+    hnsw = getattr(index, "hnsw", None)
     if hnsw is not None:
         hnsw.efSearch = knobs.get("ef_search") or 16
-    # With all cores (as the shards together have them) and with one: OpenMP threads that
-    # share a busy machine can be slower than one thread, so the faster is the baseline.
-    best = 0.0
-    for threads in sorted({os.cpu_count() or 1, 1}, reverse=True):
+
+
+def index_shards(subs: list[Any], threaded: bool) -> Any:
+    """faiss IndexShards over `subs`; successive_ids=False: the sub-indexes answer the bench's ids."""
+    import faiss
+
+    shards = faiss.IndexShards(subs[0].d, threaded, False)
+    for sub in subs:
+        shards.add_shard(sub)
+    return shards
+
+
+def inprocess_rate(
+    candidates: list[tuple[str, Any, int]], queries: np.ndarray, repeat: int = 1
+) -> tuple[np.ndarray, float, str]:
+    """Like timed_search, for each (label, faiss index, OpenMP threads of this thread) in turn;
+    returns the best pass's ids, queries per second and label."""
+    import faiss
+
+    best, best_label, best_found = 0.0, "", np.zeros(0)
+    for label, index, threads in candidates:
         faiss.omp_set_num_threads(threads)
         index.search(queries[:QUERY_BATCH], TOP_K)  # warm-up
         for _ in range(repeat):
@@ -100,9 +137,11 @@ def inprocess_rate(
             started = time.perf_counter()
             for start in range(0, len(queries), QUERY_BATCH):
                 found.append(index.search(queries[start : start + QUERY_BATCH], TOP_K)[1])
-            best = max(best, len(queries) / (time.perf_counter() - started))
+            rate = len(queries) / (time.perf_counter() - started)
+            if rate > best:
+                best, best_label, best_found = rate, label, np.concatenate(found)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    return np.concatenate(found), best
+    return best_found, best, best_label
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -181,7 +220,9 @@ def main() -> None:
     say(f"faiss IndexFlatL2 in-process: {len(queries)} queries in {time.perf_counter() - started:.2f} s")
     say(f"{len(train)} vectors of dim {train.shape[1]}, {len(queries)} queries, top_k {TOP_K}, {args.shards} shards")
     say(f"{'type':<9} {'knob':<14} {'recall@10':>9} {'queries/s':>10} {'in-proc q/s':>11} {'of in-proc':>10}", end="")
-    say(f" {'in-proc recall':>14} {'build s':>8}")
+    say(f" {'sharded q/s':>11} {'of sharded':>10} {'in-proc recall':>14} {'sharded recall':>14} {'build s':>8}")
+    cores = os.cpu_count() or 1
+    thread_counts = sorted({cores, 1}, reverse=True)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="gnes-recall-") as tmp, LocalShards(args.shards, Path(tmp)) as shards:
         with IndexClient(addresses=shards.addresses) as client:
@@ -189,7 +230,17 @@ def main() -> None:
                 name = f"fmnist-{index_type.replace('_', '-')}"
                 config = index_config(index_type, args)
                 build_s = build(client, name, config, train, args.train_timeout)
-                local = inprocess_index({"train_num": args.train_num, **config}, train, args.shards)
+                local = faiss_index(config, train, args.train_num * args.shards)
+                subs = sharded_indexes(config, train, client.placement, args.train_num)
+                if sorted(client.count_per_shard(name)) != sorted(sub.ntotal for sub in subs):
+                    raise RuntimeError(f"{name}: shards hold {client.count_per_shard(name)}, not the placement's split")
+                # An OpenMP thread count is per thread: omp_set_num_threads here does not reach
+                # IndexShards's own threads, which run the process default (all cores each;
+                # OMP_NUM_THREADS=1 for the bench would also pin the BLAS of `local` to one
+                # thread). So the sub-indexes are also searched in turn here, all cores or one.
+                single = [(f"{n} threads", local, n) for n in thread_counts]
+                sharded = [("threaded", index_shards(subs, threaded=True), cores)]
+                sharded += [(f"in turn, {n} threads", index_shards(subs, threaded=False), n) for n in thread_counts]
                 runs: list[tuple[str, dict[str, int | None]]] = [("default", {})]
                 if index_type.startswith("ivf"):
                     runs += [(f"nprobe={n}", {"nprobe": n}) for n in NPROBES]
@@ -199,10 +250,15 @@ def main() -> None:
                     runs = [(label, knobs) for label, knobs in runs if label in args.knobs.split(",")]
                 for label, knobs in runs:
                     found, qps = timed_search(client, name, queries, args.repeat, **knobs)
-                    local_found, local_qps = inprocess_rate(local, queries, knobs, args.repeat)
+                    for index in (local, *subs):
+                        set_knobs(index, knobs)
+                    local_found, local_qps, _ = inprocess_rate(single, queries, args.repeat)
+                    sharded_found, sharded_qps, sharded_how = inprocess_rate(sharded, queries, args.repeat)
                     recall, local_recall = recall_at_k(found, exact_ids), recall_at_k(local_found, exact_ids)
+                    sharded_recall = recall_at_k(sharded_found, exact_ids)
                     say(f"{index_type:<9} {label:<14} {recall:>9.4f} {qps:>10.0f} {local_qps:>11.0f}", end="")
-                    say(f" {qps / local_qps:>10.2f} {local_recall:>14.4f} {build_s:>8.1f}", flush=True)
+                    say(f" {qps / local_qps:>10.2f} {sharded_qps:>11.0f} {qps / sharded_qps:>10.2f}", end="")
+                    say(f" {local_recall:>14.4f} {sharded_recall:>14.4f} {build_s:>8.1f}", flush=True)
                     rows.append(
                         {
                             "type": index_type,
@@ -212,6 +268,10 @@ def main() -> None:
                             "inprocess_qps": round(local_qps),
                             "of_inprocess": round(qps / local_qps, 4),
                             "inprocess_recall": round(local_recall, 4),
+                            "sharded_qps": round(sharded_qps),
+                            "of_sharded": round(qps / sharded_qps, 4),
+                            "sharded_recall": round(sharded_recall, 4),
+                            "sharded_best": sharded_how,
                             "build_s": round(build_s, 2),
                         }
                     )
@@ -219,12 +279,13 @@ def main() -> None:
                     result = client.search(name, queries, top_k=TOP_K)
                     gap = float(np.max(np.abs(result.scores - np.sqrt(np.maximum(exact_d, 0)))))
                     say(f"flat vs faiss IndexFlatL2: largest distance difference {gap:.2e} (scores are L2 distances)")
-                del local
+                del local, subs, single, sharded
                 client.drop_index(name)
     if args.json:
         summary = {"shards": args.shards, "queries": len(queries), "repeat": args.repeat, "rows": rows}
         summary["loadavg_1m"], summary["loadavg_5m"] = os.getloadavg()[:2]
         summary["min_of_inprocess"] = min((r["of_inprocess"] for r in rows), default=None)
+        summary["min_of_sharded"] = min((r["of_sharded"] for r in rows), default=None)
         print(json.dumps(summary), flush=True)
 
 
