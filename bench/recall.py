@@ -75,8 +75,10 @@ def faiss_index(config: dict[str, Any], vectors: np.ndarray, train_num: int, ids
     import faiss
 
     from gnes.indexer.config import IndexConfig
+    from gnes.indexer.vectors import BLAS_FROM_QUERIES
 
-    faiss.cvar.distance_compute_blas_threshold = 16  # as the shards set it (gnes/indexer/vectors.py)
+    # As a shard sets it before each search: BLAS for batches of 4 queries and more.
+    faiss.cvar.distance_compute_blas_threshold = BLAS_FROM_QUERIES * vectors.shape[1]
     index = faiss.index_factory(vectors.shape[1], IndexConfig.from_dict(config).factory, faiss.METRIC_L2)
     if not index.is_trained:
         index.train(vectors[: min(len(vectors), train_num)])
