@@ -19,7 +19,7 @@ raw float16 file. Each gnes run loads a fresh flat L2 index into N shard process
 
 The limit is the slower of faiss and the disk; every gnes rate is also given as a ratio to it.
 
-    python bench/bulk_load.py [--shards 2] [--repeat 2] [--batch_size 10000] [--max_in_flight 8] [--json]
+    python bench/bulk_load.py [--shards 2] [--repeat 2] [--batch_size 10000] [--max_in_flight 8] [--warm_gib 4] [--json]
 """
 
 from __future__ import annotations
@@ -58,6 +58,24 @@ def write_inputs(workdir: Path, repeat: int) -> tuple[Path, Path, int, int]:
             f.write(np.asarray(out[start : start + 10000], dtype=np.float16).tobytes())
     del out
     return npy, f16, rows, dim
+
+
+def warm_memory(gib: float) -> float:
+    """Touch `gib` GiB of fresh memory once and free it; the rate of that first touch, MB/s.
+
+    Why: a micro-VM's host backs guest memory lazily, so the first write to any page since
+    the VM booted is slow (this 2-core VM: about 430 MB/s, 6 GiB in 14 s), and later writes to
+    pages the guest has freed and reuses are not. Both faiss's add (fresh anonymous memory)
+    and a shard's pwrite (fresh page-cache pages: 376 MB took 0.69 s of kernel time before and
+    0.09 s after) pay it, in whatever order they first come, so without this the figures
+    measure the hypervisor. A server that has run a while has its memory backed."""
+    chunk = 256 << 20
+    started = time.perf_counter()
+    held = [np.ones(chunk, dtype=np.uint8) for _ in range(int(gib * (1 << 30)) // chunk)]
+    seconds = time.perf_counter() - started
+    touched = len(held) * chunk
+    del held
+    return touched / 1e6 / max(seconds, 1e-9)
 
 
 def faiss_rate(npy: Path, batch_size: int) -> float:
@@ -129,8 +147,10 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=10000, help="vectors per request")
     parser.add_argument("--max_in_flight", type=int, default=8, help="requests in flight")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    parser.add_argument("--warm_gib", type=float, default=4.0, help="fresh memory touched once first (0: none)")
     args = parser.parse_args()
     quiet = args.json
+    warm = warm_memory(args.warm_gib) if args.warm_gib > 0 else None
 
     from gnes.client import IndexClient
 
@@ -153,9 +173,13 @@ def main() -> None:
             "disk_fdatasync_per_s": round(disk),
             "limit_per_s": round(limit),
             "loadavg_1m": os.getloadavg()[0],
+            "warm_gib": args.warm_gib,
+            "warm_mb_per_s": None if warm is None else round(warm),
         }
         if not quiet:
             print(f"{rows} vectors of dim {dim}, batches of {args.batch_size}, {args.shards} shards")
+            if warm is not None:
+                print(f"{args.warm_gib:g} GiB of fresh memory touched first, at {warm:,.0f} MB/s")
             print(f"{'faiss IndexFlatL2.add, one process':<38} {base:>12,.0f} vectors/s")
             print(f"{'disk, float32 rows, fdatasync':<38} {disk:>12,.0f} vectors/s ({disk * dim * 4 / 1e6:,.0f} MB/s)")
             print(f"{'limit (the slower of the two)':<38} {limit:>12,.0f} vectors/s")
