@@ -33,8 +33,9 @@ def check_doc_ids(doc_ids: np.ndarray | Sequence[int]) -> np.ndarray:
     return ids.astype(np.int64, copy=False)
 
 
-def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.ndarray:
-    """Return a C-contiguous float32 [n, dim] array, or raise naming the expected shape."""
+def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors", keep_float16: bool = False) -> np.ndarray:
+    """Return a C-contiguous float32 [n, dim] array, or raise naming the expected shape.
+    `keep_float16`: float16 vectors stay float16 (for a store and an index that keep them so)."""
     array = np.asarray(vectors)
     if array.ndim != 2:
         raise ValueError(f"{what} must be a 2-D array [n, {dim}], got shape {array.shape}")
@@ -42,8 +43,13 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors") -> np.nd
         raise ValueError(f"expected {what} of dimension {dim}, got {array.shape[1]}")
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{what} must be numeric, got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if len(array) and not _all_finite(array):
+    if keep_float16 and array.dtype == np.float16:
+        array = np.ascontiguousarray(array)
+        finite = _all_finite_float16(array)
+    else:
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        finite = _all_finite(array)
+    if len(array) and not finite:
         raise ValueError(f"{what} contain NaN or infinity")
     return array
 
@@ -55,6 +61,11 @@ def _all_finite(array: np.ndarray) -> bool:
     first (5.3 ms against 2.3 ms for 10,000 x 784)."""
     with np.errstate(invalid="ignore"):
         return not np.isnan(array @ np.zeros(array.shape[1], dtype=np.float32)).any()
+
+
+def _all_finite_float16(array: np.ndarray) -> bool:
+    """A float16 is NaN or infinite exactly when its 5 exponent bits are all set."""
+    return not len(array) or int((array.view(np.uint16) & np.uint16(0x7C00)).max()) < 0x7C00
 
 
 def check_top_k(top_k: int) -> int:

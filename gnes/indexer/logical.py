@@ -130,7 +130,8 @@ class LogicalIndex:
                     self._take(ids, rows)
                     self.rebuilt += len(ids)
             else:
-                for ids, vectors in self.store.iter_vectors():
+                # float16 rows go to an SQfp16 index as its codes, as read (VectorIndex.add)
+                for ids, vectors in self.store.iter_vectors(stored_dtype=self.vectors.takes_float16):
                     self.vectors.add(ids, vectors)
                     self.rebuilt += len(ids)
             return
@@ -276,7 +277,9 @@ class LogicalIndex:
     ) -> tuple[np.ndarray, np.ndarray, list[str], list[str], list[dict[str, Any]]]:
         """One batch checked and deduplicated (the last row of an id wins), before any write."""
         id_array = check_doc_ids(np.asarray(ids))
-        vectors = check_vectors(vectors, self.config.dim)
+        # float16 vectors for a float16 store stay float16: stored as they came, and given to
+        # an SQfp16 index as its codes (gnes/indexer/vectors.py), never converted both ways.
+        vectors = check_vectors(vectors, self.config.dim, keep_float16=self.config.store_dtype == "float16")
         if len(vectors) != len(id_array):
             raise ValueError(f"got {len(id_array)} ids but {len(vectors)} vectors")
         text_list = [""] * len(id_array) if texts is None else check_strings(texts, len(id_array), "texts")

@@ -23,6 +23,7 @@ import ctypes
 import mmap
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,12 +105,12 @@ class SegmentFile:
     def mark_committed(self, rows: int) -> None:
         self.committed = max(self.committed, rows)
 
-    def read(self, rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), dim] for committed row numbers."""
+    def read(self, rows: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """float32 (or `dtype`) [len(rows), dim] for committed row numbers: always a copy."""
         view = self._rows()
         if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
-            return view[rows[0] : rows[-1] + 1].astype(np.float32)  # consecutive rows: no gather
-        return np.asarray(view[rows], dtype=np.float32)
+            return view[rows[0] : rows[-1] + 1].astype(dtype)  # consecutive rows: no gather
+        return np.asarray(view[rows], dtype=dtype)
 
     def view(self) -> np.ndarray:
         """The committed rows, read-only, in the file's own pages (no copy). Valid until `close`."""

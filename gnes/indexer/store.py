@@ -436,22 +436,25 @@ class IndexStore:
             out[found] = self._vectors_at([v for v in values if v is not None])
         return out, found
 
-    def _vectors_at(self, locations: list[bytes]) -> np.ndarray:
-        """float32 rows for values of the rows database: segment row numbers or inline vectors."""
+    def _vectors_at(self, locations: list[bytes], dtype: Any = np.float32) -> np.ndarray:
+        """Rows (float32, or `dtype`) for values of the rows database: segment row numbers or
+        inline vectors."""
         inline = np.fromiter((len(v) != 8 for v in locations), dtype=bool, count=len(locations))
         if not inline.any():  # a bulk load's rows: straight from the segment file, no extra copy
-            return self._segment.read(np.frombuffer(b"".join(locations), dtype="<u8").astype(np.int64))
-        out = np.empty((len(locations), self.dim), dtype=np.float32)
+            return self._segment.read(np.frombuffer(b"".join(locations), dtype="<u8").astype(np.int64), dtype)
+        out = np.empty((len(locations), self.dim), dtype=dtype)
         if not inline.all():
             refs = b"".join(v for v in locations if len(v) == 8)
-            out[~inline] = self._segment.read(np.frombuffer(refs, dtype="<u8").astype(np.int64))
+            out[~inline] = self._segment.read(np.frombuffer(refs, dtype="<u8").astype(np.int64), dtype)
         raw = b"".join(v[1:] for v in locations if len(v) != 8)  # some are inline: returned above if none
         out[inline] = np.frombuffer(raw, dtype=self._segment.dtype).reshape(-1, self.dim)
         return out
 
-    def iter_vectors(self, batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every stored (ids, float32 vectors), in id order, `batch` rows at a time."""
-        return self._walk(batch, self._vectors_at)
+    def iter_vectors(self, batch: int = 65536, stored_dtype: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored (ids, float32 vectors), in id order, `batch` rows at a time; with
+        `stored_dtype`, the vectors as the store keeps them (float16 for a float16 store)."""
+        dtype = self._segment.dtype if stored_dtype else np.float32
+        return self._walk(batch, lambda locations: self._vectors_at(locations, dtype))
 
     def _walk(self, batch: int, read: Callable[[list[bytes]], np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, read(values of the rows database)) in id order, `batch` at a time."""

@@ -64,6 +64,8 @@ class VectorIndex:
         template = self._new_inner()
         self.kind = _kind_of(faiss, template)
         self.removable = _supports_remove(template)
+        # An SQfp16 index's codes are the vectors' float16 bytes: float16 rows go in as codes.
+        self.takes_float16 = _float16_codes(faiss, template) and not config.uses_gpu
         self.train_target = self._train_target(template)
         self.main: Any = None if self.train_target else self._wrap(template)
         self.buffer: Any = (
@@ -177,7 +179,13 @@ class VectorIndex:
         self._next_slot += len(ids)
         self._id_slot.update(zip(ids.tolist(), slots.tolist(), strict=True))
         self._bitmap = None
-        self.active.add_with_ids(vectors, slots)
+        if vectors.dtype == np.float16 and self.takes_float16 and self.buffer is None:
+            # Copied as they are: converting to float32 and faiss encoding back cost 2.6 times as
+            # long (200,000 x 768: 1.11 s against 0.42 s, one thread).
+            self.active.add_sa_codes(vectors.view(np.uint8).reshape(len(vectors), -1), slots)
+        else:
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            self.active.add_with_ids(vectors, slots)
         if self._thread is not None:
             self._pending.append((slots, vectors.copy()))  # the caller may reuse its array
         # With train_ratio the whole data set is not known yet: training waits to be asked for.
@@ -392,6 +400,12 @@ def _kind_of(faiss: Any, inner: Any) -> str:
     if getattr(faiss.downcast_index(inner), "hnsw", None) is not None:
         return "hnsw"
     return "flat"
+
+
+def _float16_codes(faiss: Any, inner: Any) -> bool:
+    """Whether the index stores each vector as its float16 bytes (faiss SQfp16)."""
+    inner = faiss.downcast_index(inner)
+    return isinstance(inner, faiss.IndexScalarQuantizer) and inner.sq.qtype == faiss.ScalarQuantizer.QT_fp16
 
 
 def _supports_remove(inner: Any) -> bool:

@@ -539,7 +539,12 @@ def index_batch(body: pb.Request.IndexRequest, payload: memoryview | None = None
     metas = [d.meta_json for d in docs]
     # No text and no metadata anywhere (a bulk load of bare vectors): the index skips them.
     bare = not any(texts) and not any(metas)
-    return ids, np.asarray(vectors, dtype=np.float32), None if bare else texts, None if bare else metas
+    return ids, _float_vectors(vectors), None if bare else texts, None if bare else metas
+
+
+def _float_vectors(vectors: np.ndarray) -> np.ndarray:
+    """float16 vectors as they came (a float16 index keeps them so), anything else as float32."""
+    return vectors if vectors.dtype == np.float16 else np.asarray(vectors, dtype=np.float32)
 
 
 def _doc_count(body: pb.Request.IndexRequest) -> int:
@@ -555,7 +560,7 @@ def _bare_batch(body: pb.Request.IndexRequest, vectors: np.ndarray) -> Batch:
         raise WireError(f"doc_ids must be a 1-d integer array, got {ids.dtype} of shape {ids.shape}")
     if vectors.ndim != 2 or vectors.shape[0] != len(ids):
         raise WireError(f"expected one vector per id ({len(ids)}), got shape {vectors.shape}")
-    return ids, np.asarray(vectors, dtype=np.float32), None, None
+    return ids, _float_vectors(vectors), None, None
 
 
 def _reachable_host(bind_host: str) -> str:
