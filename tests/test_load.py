@@ -271,6 +271,40 @@ def test_load_float16_file_with_ids_and_meta(inputs: dict[str, Path], two_shards
     assert_bad_input(result, "'vecs' has dim 32, the vectors have dim 16")
 
 
+def test_float16_rows_load_into_a_float16_sqfp16_index(inputs: dict[str, Path], two_shards: str) -> None:
+    """float16 from the file to the shards' segment files and faiss codes (no float32 round trip,
+    gnes/indexer/vectors.py): every row finds itself at distance 0, before and after more rows."""
+    config = inputs["vectors"].with_name("half.json")
+    half = {"dim": DIM, "metric": "l2", "faiss_factory": "SQfp16", "store_dtype": "float16"}
+    config.write_text(json.dumps(half))
+    args = ("--dim", DIM, "--dtype", "float16", "--index", "half", "--shards", two_shards, "--quiet")
+    result = gnes_load(inputs["vectors"], *args, "--ids", inputs["ids"], "--create", config, "--batch_size", 1500)
+    assert result.returncode == 0, result.stderr
+    vectors = np.fromfile(inputs["vectors"], dtype=np.float16).reshape(ROWS, DIM)
+    rows = [0, 7, 1234, ROWS - 1]
+    with IndexClient(addresses=two_shards) as client:
+        assert client.count("half") == ROWS
+        found = client.search("half", vectors[rows].astype(np.float32), top_k=2)
+        assert list(found.ids[:, 0]) == list(np.load(inputs["ids"])[rows])
+        np.testing.assert_allclose(found.scores[:, 0], 0.0, atol=1e-3)
+    # A non-finite float16 value: the shard it goes to refuses its whole part with the reason
+    # (the other shard's part is stored), and both keep serving.
+    bad = vectors[:20].copy()
+    bad[19, 3] = np.float16("inf")
+    bad_file, bad_ids = inputs["vectors"].with_name("bad.f16"), inputs["vectors"].with_name("bad_ids.npy")
+    bad.tofile(bad_file)
+    np.save(bad_ids, np.arange(20, dtype=np.int64) + 10**6)
+    result = gnes_load(bad_file, *args[:-1], "--ids", bad_ids)
+    assert result.returncode != 0 and "NaN or infinity" in result.stderr, result.stderr
+    with IndexClient(addresses=two_shards) as client:
+        parts = client.placement.split(np.load(bad_ids))
+        kept = sum(len(part) for part in parts.values() if 19 not in part.tolist())
+        assert client.count("half") == ROWS + kept
+        assert list(client.search("half", vectors[rows].astype(np.float32), top_k=1).ids[:, 0]) == list(
+            np.load(inputs["ids"])[rows]
+        )
+
+
 @pytest.mark.e2e
 def test_an_index_with_train_ratio_is_trained_when_the_load_ends(inputs: dict[str, Path], two_shards: str) -> None:
     config = {"dim": DIM, "metric": "l2", "index_type": "ivf_flat", "nlist": 4, "train_ratio": 0.5}
