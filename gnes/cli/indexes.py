@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_ACTIONS = ("list", "create", "drop", "state", "count", "save", "load", "train")
+_ACTIONS = ("list", "create", "drop", "state", "count", "save", "load", "train", "compact")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -62,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
             elif args.action == "save":
                 client.save(args.name)
                 print(f"saved {args.name}")
+            elif args.action == "compact":
+                shards = client.compact(args.name)
+                before = sum(info["segment_rows_before"] for shard in shards for info in shard.values())
+                after = sum(info["segment_rows"] for shard in shards for info in shard.values())
+                print(f"compacted {args.name}: {before} segment rows -> {after}")
             elif args.action == "load":
                 client.load(args.name)
                 print(f"reloaded {args.name} from disk")

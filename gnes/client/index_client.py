@@ -210,6 +210,12 @@ class IndexClient:
         """Snapshot now (every index when name is empty). Writes are durable without it."""
         self._admin(Admin.SAVE, name)
 
+    def compact(self, name: str = "") -> list[dict[str, dict[str, int]]]:
+        """Reclaim the segment rows of replaced and deleted vectors (every index when name is
+        empty); per shard, index -> its segment rows before and after. Each shard answers
+        nothing else while it copies its live rows."""
+        return [info["compacted"] for info in self._admin(Admin.COMPACT, name)]
+
     def load(self, name: str) -> None:
         """Re-open the index on every shard from its directory: last snapshot plus log."""
         self._admin(Admin.LOAD, name)

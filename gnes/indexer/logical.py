@@ -401,7 +401,17 @@ class LogicalIndex:
             "error": v.last_error,
             "config": self.config.to_dict(),
             "chunks": len(self.chunks),  # chunk vectors beside the documents (gnes/indexer/chunks.py)
+            # Rows in the segment file, those of replaced or deleted ids included: `compact` reclaims them.
+            "segment_rows": self.store.segment_rows,
         }
+
+    def compact(self) -> dict[str, int]:
+        """Reclaim the segment rows of replaced, deleted and handed-over ids (the store rewrites
+        the file with the live rows only); the index answers exactly as before."""
+        before, after = self.store.compact()
+        if after != before:
+            self.vectors.renumber_stored(*self.store.segment_ids())
+        return {"segment_rows_before": before, "segment_rows": after}
 
     # ---- training and snapshots --------------------------------------------------------
     def train_now(self) -> bool:

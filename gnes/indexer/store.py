@@ -36,11 +36,15 @@ _DOC_VERSION = b"\x01"
 _HEADER = 5
 _OP_PUT, _OP_DELETE = b"P", b"D"
 _MAX_MAP_BYTES = 1 << 40
+_COMPACT_ROWS = 65536  # rows copied at a time by `compact`
 _COMMIT_GROUP = 16  # begun writes committed together at most (one fdatasync, one transaction)
 # The default LMDB map is 64 GiB of address space (the file grows only as pages are used):
 # growing the map needs no transaction open in the process, and writes commit in the writer
 # thread while searches read, so growth must stay the rare exception (over 64 GiB of LMDB).
 _COMMITTED, _DTYPE = b"committed", b"dtype"
+# The file name of the segment in use: absent for the first (vectors-<dtype>.seg); a compaction
+# writes the live rows to the next generation and names it here in the commit that maps the ids.
+_SEGMENT = b"segment"
 # Whether any document ever written had text or metadata: b"\x01" yes, b"\x00" no (a store of
 # bare vectors); absent in stores written before it was kept (found out by a scan, once).
 _CONTENT, _NO, _YES = b"content", b"\x00", b"\x01"
@@ -155,9 +159,12 @@ class IndexStore:
                 self._seq = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
                 committed = int.from_bytes(txn.get(_COMMITTED, b"", db=self._meta), "little")
                 stored_dtype = bytes(txn.get(_DTYPE, dtype.encode(), db=self._meta)).decode()
+                segment_name = bytes(txn.get(_SEGMENT, f"vectors-{dtype}.seg".encode(), db=self._meta)).decode()
             if stored_dtype != dtype:
                 raise ValueError(f"{path}: the store holds {stored_dtype} vectors, the configuration asks for {dtype}")
-            seg_path = path / f"vectors-{dtype}.seg"
+            self._path, self._dtype_name = path, dtype
+            seg_path = path / segment_name
+            _remove_other_segments(path, dtype, keep=segment_name)  # what a compaction cut short left
             new_file = not seg_path.exists()
             self._segment = SegmentFile(seg_path, dim, dtype, committed, sync=sync)
             self._next_row = committed  # the first row free for a write begun now
@@ -209,8 +216,55 @@ class IndexStore:
 
     @property
     def segment_rows(self) -> int:
-        """Rows in the segment file, those of replaced or deleted ids included (no compaction yet)."""
+        """Rows in the segment file, those of replaced or deleted ids included (until `compact`)."""
         return self._segment.committed
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the segment file with only the rows that ids still name, in row order, and
+        give those ids their new row numbers; (rows before, rows after). Crash-safe: the new
+        file is written and synced first, and one LMDB commit maps every id to it and names
+        it; a file that commit does not name is removed at the next open. The log is not
+        touched: every id keeps its vector, only where it lives changes."""
+        self._no_pending()
+        before = self._segment.committed
+        ids, rows = self.segment_ids()
+        if len(rows) == before:
+            return before, before
+        gen = 1 + max(_segment_generation(self._segment.path.name), 0)
+        name = f"vectors-{self._dtype_name}.{gen}.seg"
+        fresh = SegmentFile(self._path / name, self.dim, self._dtype_name, 0, sync=self._sync)
+        try:
+            view = self._segment.view()
+            for start in range(0, len(rows), _COMPACT_ROWS):  # a gather copy of bounded size each time
+                fresh.write(view[rows[start : start + _COMPACT_ROWS]], start, sync=False)
+            fresh.flush()
+            if self._sync:
+                fsync_path(self._path)  # the new file's name survives a machine crash
+
+            def work(txn: Any) -> None:
+                txn.cursor(db=self._rows).putmulti(zip(id_keys(ids), _row_values(0, len(ids)), strict=True))
+                txn.put(_COMMITTED, len(ids).to_bytes(8, "little"), db=self._meta)
+                txn.put(_SEGMENT, name.encode(), db=self._meta)
+
+            self._write(work)
+        except BaseException:
+            fresh.close()
+            (self._path / name).unlink(missing_ok=True)
+            raise
+        fresh.mark_committed(len(ids))
+        old, self._segment = self._segment, fresh
+        self._next_row = len(ids)
+        old.close()
+        old.path.unlink(missing_ok=True)
+        return before, len(ids)
+
+    def segment_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """The ids whose vectors are segment rows, and those rows, in row order."""
+        parts = [(ids[rows >= 0], rows[rows >= 0]) for ids, rows in self.iter_rows()]
+        ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        return ids[order], rows[order]
 
     def count(self) -> int:
         return self._count
@@ -553,6 +607,20 @@ def _rows_or_minus_one(values: list[bytes | None]) -> np.ndarray:
     if refs:
         rows[refs] = np.frombuffer(b"".join(values[i] for i in refs), dtype="<u8").astype(np.int64)  # type: ignore[misc]
     return rows
+
+
+def _segment_generation(name: str) -> int:
+    """0 for vectors-<dtype>.seg, N for vectors-<dtype>.N.seg (written by the Nth compaction)."""
+    parts = name.split(".")
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 0
+
+
+def _remove_other_segments(path: Path, dtype: str, keep: str) -> None:
+    """Segment files of this dtype that the store does not name: a compaction's new file whose
+    commit never happened, or the old file of one that committed but did not get to remove it."""
+    for other in path.glob(f"vectors-{dtype}*.seg"):
+        if other.name != keep:
+            other.unlink(missing_ok=True)
 
 
 def _row_values(first: int, n: int) -> list[bytes]:

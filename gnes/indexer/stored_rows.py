@@ -36,6 +36,10 @@ class StoredRows:
     def __len__(self) -> int:
         return len(self._id_row)
 
+    @property
+    def view(self) -> Callable[[], np.ndarray]:
+        return self._view
+
     def ids(self) -> np.ndarray:
         return np.fromiter(self._id_row, dtype=np.int64, count=len(self._id_row))
 

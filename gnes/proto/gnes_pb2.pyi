@@ -243,6 +243,7 @@ class Request(_message.Message):
             TRAIN_NOW: _ClassVar[Request.AdminRequest.Command]
             LOAD: _ClassVar[Request.AdminRequest.Command]
             GET_DOCS: _ClassVar[Request.AdminRequest.Command]
+            COMPACT: _ClassVar[Request.AdminRequest.Command]
         LIST: Request.AdminRequest.Command
         CREATE: Request.AdminRequest.Command
         DROP: Request.AdminRequest.Command
@@ -252,6 +253,7 @@ class Request(_message.Message):
         TRAIN_NOW: Request.AdminRequest.Command
         LOAD: Request.AdminRequest.Command
         GET_DOCS: Request.AdminRequest.Command
+        COMPACT: Request.AdminRequest.Command
         COMMAND_FIELD_NUMBER: _ClassVar[int]
         INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
         CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
