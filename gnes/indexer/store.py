@@ -237,6 +237,7 @@ class IndexStore:
             view = self._segment.view()
             for start in range(0, len(rows), _COMPACT_ROWS):  # a gather copy of bounded size each time
                 fresh.write(view[rows[start : start + _COMPACT_ROWS]], start, sync=False)
+            del view  # it points into the old file's mapping, unmapped below
             fresh.flush()
             if self._sync:
                 fsync_path(self._path)  # the new file's name survives a machine crash
