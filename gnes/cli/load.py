@@ -440,7 +440,8 @@ def run(args: argparse.Namespace) -> int:
         with _connect(args) as client:
             _prepare_index(client, args.index, inputs.config, inputs.vectors.shape[1])
             progress = None if args.quiet else ProgressBar(rows)
-            started = time.monotonic()
+            started = time.monotonic()  # the room made below counts in the rate
+            client.reserve(args.index, rows, inputs.ids)
             try:
                 for acknowledged in client.add_stream(args.index, batches(), max_in_flight=args.max_in_flight):
                     loaded += acknowledged

@@ -207,6 +207,19 @@ class VectorIndex:
         self.remove(ids)
         self.stored.add(ids, rows)
 
+    def reserve(self, n: int) -> int:
+        """Room for n more vectors in an index that keeps one array of codes (flat, SQ, HNSW's
+        storage); how many were reserved (0: nothing to do). faiss grows that array by doubling
+        it, which copies every vector held: adding 20,000 x 768 float16 took 17 ms, but 3.1 s for
+        the add that crossed 640,000. A bulk loader that says how many it sends first avoids it."""
+        codes = None if self.buffer is not None or self.stored is not None else _flat_codes(self.faiss, self.main)
+        if codes is None or n <= 0:
+            return 0
+        held = codes.ntotal * codes.code_size
+        codes.codes.resize(held + n * codes.code_size)  # one allocation (and one copy of what is held)
+        codes.codes.resize(held)  # the size back; the room stays
+        return n
+
     def remove(self, ids: np.ndarray) -> int:
         removed = self.stored.remove(ids) if self.stored is not None and len(self.stored) else 0
         return removed + self._remove_own(ids)
@@ -407,6 +420,17 @@ def _kind_of(faiss: Any, inner: Any) -> str:
     if getattr(faiss.downcast_index(inner), "hnsw", None) is not None:
         return "hnsw"
     return "flat"
+
+
+def _flat_codes(faiss: Any, index: Any) -> Any:
+    """The IndexFlatCodes (one array of codes) inside an id map or an HNSW, or None."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    storage = getattr(index, "storage", None)
+    if storage is not None:
+        index = faiss.downcast_index(storage)
+    return index if isinstance(index, faiss.IndexFlatCodes) else None
 
 
 def _float16_codes(faiss: Any, inner: Any) -> bool:

@@ -231,7 +231,7 @@ class Request(_message.Message):
         command: Request.ControlRequest.Command
         def __init__(self, command: _Optional[_Union[Request.ControlRequest.Command, str]] = ...) -> None: ...
     class AdminRequest(_message.Message):
-        __slots__ = ("command", "index_name", "config_json", "doc_ids", "exist_ok", "return_embeddings")
+        __slots__ = ("command", "index_name", "config_json", "doc_ids", "exist_ok", "return_embeddings", "rows")
         class Command(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
             __slots__ = ()
             LIST: _ClassVar[Request.AdminRequest.Command]
@@ -244,6 +244,7 @@ class Request(_message.Message):
             LOAD: _ClassVar[Request.AdminRequest.Command]
             GET_DOCS: _ClassVar[Request.AdminRequest.Command]
             COMPACT: _ClassVar[Request.AdminRequest.Command]
+            RESERVE: _ClassVar[Request.AdminRequest.Command]
         LIST: Request.AdminRequest.Command
         CREATE: Request.AdminRequest.Command
         DROP: Request.AdminRequest.Command
@@ -254,19 +255,22 @@ class Request(_message.Message):
         LOAD: Request.AdminRequest.Command
         GET_DOCS: Request.AdminRequest.Command
         COMPACT: Request.AdminRequest.Command
+        RESERVE: Request.AdminRequest.Command
         COMMAND_FIELD_NUMBER: _ClassVar[int]
         INDEX_NAME_FIELD_NUMBER: _ClassVar[int]
         CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
         DOC_IDS_FIELD_NUMBER: _ClassVar[int]
         EXIST_OK_FIELD_NUMBER: _ClassVar[int]
         RETURN_EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+        ROWS_FIELD_NUMBER: _ClassVar[int]
         command: Request.AdminRequest.Command
         index_name: str
         config_json: str
         doc_ids: _containers.RepeatedScalarFieldContainer[int]
         exist_ok: bool
         return_embeddings: bool
-        def __init__(self, command: _Optional[_Union[Request.AdminRequest.Command, str]] = ..., index_name: _Optional[str] = ..., config_json: _Optional[str] = ..., doc_ids: _Optional[_Iterable[int]] = ..., exist_ok: _Optional[bool] = ..., return_embeddings: _Optional[bool] = ...) -> None: ...
+        rows: int
+        def __init__(self, command: _Optional[_Union[Request.AdminRequest.Command, str]] = ..., index_name: _Optional[str] = ..., config_json: _Optional[str] = ..., doc_ids: _Optional[_Iterable[int]] = ..., exist_ok: _Optional[bool] = ..., return_embeddings: _Optional[bool] = ..., rows: _Optional[int] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]

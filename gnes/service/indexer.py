@@ -419,6 +419,8 @@ class IndexerService(BaseService):
             info["deleted"] = self.indexes.get(name).delete(np.asarray(body.doc_ids, dtype=np.uint64))
         elif command == Admin.GET_DOCS:
             self._get_docs(body, out)
+        elif command == Admin.RESERVE:
+            info["reserved"] = self.indexes.get(name).vectors.reserve(int(body.rows))
         elif command == Admin.COMPACT:  # blocks this shard while it copies the live rows
             info["compacted"] = {index.name: index.compact() for index in self._targets(name)}
         else:
