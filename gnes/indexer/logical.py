@@ -130,6 +130,7 @@ class LogicalIndex:
                     self._take(ids, rows)
                     self.rebuilt += len(ids)
             else:
+                self.vectors.reserve(self.store.count())  # one allocation for all (VectorIndex.reserve)
                 # float16 rows go to an SQfp16 index as its codes, as read (VectorIndex.add)
                 for ids, vectors in self.store.iter_vectors(stored_dtype=self.vectors.takes_float16):
                     self.vectors.add(ids, vectors)
