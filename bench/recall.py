@@ -240,9 +240,9 @@ def main() -> None:
                 # IndexShards's own threads, which run the process default (all cores each;
                 # OMP_NUM_THREADS=1 for the bench would also pin the BLAS of `local` to one
                 # thread). So the sub-indexes are also searched in turn here, all cores or one.
-                single = [(f"{n} threads", local, n) for n in thread_counts]
+                single = [(f"{n} thread(s)", local, n) for n in thread_counts]
                 sharded = [("threaded", index_shards(subs, threaded=True), cores)]
-                sharded += [(f"in turn, {n} threads", index_shards(subs, threaded=False), n) for n in thread_counts]
+                sharded += [(f"in turn, {n} thread(s)", index_shards(subs, threaded=False), n) for n in thread_counts]
                 runs: list[tuple[str, dict[str, int | None]]] = [("default", {})]
                 if index_type.startswith("ivf"):
                     runs += [(f"nprobe={n}", {"nprobe": n}) for n in NPROBES]

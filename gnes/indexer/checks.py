@@ -43,13 +43,9 @@ def check_vectors(vectors: np.ndarray, dim: int, what: str = "vectors", keep_flo
         raise ValueError(f"expected {what} of dimension {dim}, got {array.shape[1]}")
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{what} must be numeric, got dtype {array.dtype}")
-    if keep_float16 and array.dtype == np.float16:
-        array = np.ascontiguousarray(array)
-        finite = _all_finite_float16(array)
-    else:
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        finite = _all_finite(array)
-    if len(array) and not finite:
+    half = keep_float16 and array.dtype == np.float16
+    array = np.ascontiguousarray(array, dtype=None if half else np.float32)
+    if len(array) and not (_all_finite_float16(array) if half else _all_finite(array)):
         raise ValueError(f"{what} contain NaN or infinity")
     return array
 
@@ -65,7 +61,7 @@ def _all_finite(array: np.ndarray) -> bool:
 
 def _all_finite_float16(array: np.ndarray) -> bool:
     """A float16 is NaN or infinite exactly when its 5 exponent bits are all set."""
-    return not len(array) or int((array.view(np.uint16) & np.uint16(0x7C00)).max()) < 0x7C00
+    return int((array.view(np.uint16) & np.uint16(0x7C00)).max()) < 0x7C00
 
 
 def check_top_k(top_k: int) -> int:

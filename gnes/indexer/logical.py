@@ -409,10 +409,11 @@ class LogicalIndex:
     def compact(self) -> dict[str, int]:
         """Reclaim the segment rows of replaced, deleted and handed-over ids (the store rewrites
         the file with the live rows only); the index answers exactly as before."""
-        before, after = self.store.compact()
-        if after != before:
-            self.vectors.renumber_stored(*self.store.segment_ids())
-        return {"segment_rows_before": before, "segment_rows": after}
+        before, moved = self.store.compact()
+        if moved is None:
+            return {"segment_rows_before": before, "segment_rows": before}
+        self.vectors.renumber_stored(moved, np.arange(len(moved), dtype=np.int64))
+        return {"segment_rows_before": before, "segment_rows": len(moved)}
 
     # ---- training and snapshots --------------------------------------------------------
     def train_now(self) -> bool:

@@ -105,11 +105,13 @@ class SegmentFile:
     def mark_committed(self, rows: int) -> None:
         self.committed = max(self.committed, rows)
 
-    def read(self, rows: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-        """float32 (or `dtype`) [len(rows), dim] for committed row numbers: always a copy."""
+    def read(self, rows: np.ndarray, dtype: Any = np.float32, copy: bool = True) -> np.ndarray:
+        """float32 (or `dtype`) [len(rows), dim] for committed row numbers: a copy, unless
+        `copy` is False and the rows are consecutive in the file's dtype (then a read-only view
+        of its pages, valid until `close`)."""
         view = self._rows()
         if len(rows) > 1 and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
-            return view[rows[0] : rows[-1] + 1].astype(dtype)  # consecutive rows: no gather
+            return view[rows[0] : rows[-1] + 1].astype(dtype, copy=copy)  # consecutive rows: no gather
         return np.asarray(view[rows], dtype=dtype)
 
     def view(self) -> np.ndarray:

@@ -219,18 +219,19 @@ class IndexStore:
         """Rows in the segment file, those of replaced or deleted ids included (until `compact`)."""
         return self._segment.committed
 
-    def compact(self) -> tuple[int, int]:
+    def compact(self) -> tuple[int, np.ndarray | None]:
         """Rewrite the segment file with only the rows that ids still name, in row order, and
-        give those ids their new row numbers; (rows before, rows after). Crash-safe: the new
+        give those ids their new row numbers; (rows before, the ids now at rows 0..n-1, or None
+        when no row was dead). Crash-safe: the new
         file is written and synced first, and one LMDB commit maps every id to it and names
         it; a file that commit does not name is removed at the next open. The log is not
         touched: every id keeps its vector, only where it lives changes."""
         self._no_pending()
         before = self._segment.committed
-        ids, rows = self.segment_ids()
+        ids, rows = self._segment_ids()
         if len(rows) == before:
-            return before, before
-        gen = 1 + max(_segment_generation(self._segment.path.name), 0)
+            return before, None
+        gen = 1 + _segment_generation(self._segment.path.name)
         name = f"vectors-{self._dtype_name}.{gen}.seg"
         fresh = SegmentFile(self._path / name, self.dim, self._dtype_name, 0, sync=self._sync)
         try:
@@ -257,9 +258,9 @@ class IndexStore:
         self._next_row = len(ids)
         old.close()
         old.path.unlink(missing_ok=True)
-        return before, len(ids)
+        return before, ids
 
-    def segment_ids(self) -> tuple[np.ndarray, np.ndarray]:
+    def _segment_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """The ids whose vectors are segment rows, and those rows, in row order."""
         parts = [(ids[rows >= 0], rows[rows >= 0]) for ids, rows in self.iter_rows()]
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
@@ -491,12 +492,13 @@ class IndexStore:
             out[found] = self._vectors_at([v for v in values if v is not None])
         return out, found
 
-    def _vectors_at(self, locations: list[bytes], dtype: Any = np.float32) -> np.ndarray:
+    def _vectors_at(self, locations: list[bytes], dtype: Any = np.float32, copy: bool = True) -> np.ndarray:
         """Rows (float32, or `dtype`) for values of the rows database: segment row numbers or
-        inline vectors."""
+        inline vectors; `copy=False` as SegmentFile.read takes it."""
         inline = np.fromiter((len(v) != 8 for v in locations), dtype=bool, count=len(locations))
         if not inline.any():  # a bulk load's rows: straight from the segment file, no extra copy
-            return self._segment.read(np.frombuffer(b"".join(locations), dtype="<u8").astype(np.int64), dtype)
+            refs = np.frombuffer(b"".join(locations), dtype="<u8").astype(np.int64)
+            return self._segment.read(refs, dtype, copy)
         out = np.empty((len(locations), self.dim), dtype=dtype)
         if not inline.all():
             refs = b"".join(v for v in locations if len(v) == 8)
@@ -506,10 +508,13 @@ class IndexStore:
         return out
 
     def iter_vectors(self, batch: int = 65536, stored_dtype: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every stored (ids, float32 vectors), in id order, `batch` rows at a time; with
-        `stored_dtype`, the vectors as the store keeps them (float16 for a float16 store)."""
-        dtype = self._segment.dtype if stored_dtype else np.float32
-        return self._walk(batch, lambda locations: self._vectors_at(locations, dtype))
+        """Every stored (ids, float32 vectors), in id order, `batch` rows at a time. With
+        `stored_dtype`, the vectors as the store keeps them (float16 for a float16 store), and
+        where they are consecutive rows a read-only view of the file's pages, valid while the
+        walk goes on (a rebuild hands them to faiss, which copies them: no copy before)."""
+        if not stored_dtype:
+            return self._walk(batch, self._vectors_at)
+        return self._walk(batch, lambda locations: self._vectors_at(locations, self._segment.dtype, copy=False))
 
     def _walk(self, batch: int, read: Callable[[list[bytes]], np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, read(values of the rows database)) in id order, `batch` at a time."""

@@ -36,16 +36,18 @@ class StoredRows:
     def __len__(self) -> int:
         return len(self._id_row)
 
-    @property
-    def view(self) -> Callable[[], np.ndarray]:
-        return self._view
-
     def ids(self) -> np.ndarray:
         return np.fromiter(self._id_row, dtype=np.int64, count=len(self._id_row))
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         get = self._id_row.get
         return np.asarray([r for r in (get(int(i)) for i in ids) if r is not None], dtype=np.int64)
+
+    def renumber(self, ids: np.ndarray, rows: np.ndarray) -> None:
+        """Every id at a new row (the store compacted the file): the old map is dropped whole."""
+        self._row_ids = np.full(0, -1, dtype=np.int64)
+        self._id_row, self._end, self._bitmap = {}, 0, None
+        self.add(ids, rows)
 
     def add(self, ids: np.ndarray, rows: np.ndarray) -> None:
         """Take committed rows for ids that are in no part of the index (the owner removed them)."""

@@ -95,10 +95,8 @@ class VectorIndex:
 
     def renumber_stored(self, ids: np.ndarray, rows: np.ndarray) -> None:
         """After the store compacted its segment file: every stored id at its new row."""
-        if self.stored is None:
-            return
-        self.stored = StoredRows(self.faiss, self.stored.view, self.config.metric, self.config.dim)
-        self.stored.add(ids, rows)
+        if self.stored is not None:
+            self.stored.renumber(ids, rows)
 
     # ---- building ----------------------------------------------------------------------
     def _new_inner(self) -> Any:
