@@ -35,9 +35,9 @@ class Middleman:
         """The request ids acknowledged so far (HELLOs skipped)."""
         got = []
         while self.router.poll(200):
-            _, kind, body = self.router.recv_multipart()
+            _, kind, *frames = self.router.recv_multipart()
             if kind == link.ACK:
-                got.append(pb.Envelope.FromString(body).request_id)
+                got.extend(request_id for _, request_id, _ in link.acked_parts(frames))
         return got
 
 
@@ -121,3 +121,37 @@ def test_leaving_answers_what_is_held_first(pair) -> None:  # type: ignore[no-un
     shard.flush()
     assert answered == [[first], [held]]
     assert middleman.acks() == [held]
+
+
+def ack_messages(middleman: Middleman) -> list[list[int]]:
+    """The ACK messages that came, each as the request ids it acknowledges (HELLOs skipped)."""
+    got = []
+    while middleman.router.poll(200):
+        _, kind, *frames = middleman.router.recv_multipart()
+        if kind == link.ACK:
+            got.append([request_id for _, request_id, _ in link.acked_parts(frames)])
+    return got
+
+
+def test_a_query_is_answered_at_once_and_its_ack_leaves_with_the_next_message(pair) -> None:  # type: ignore[no-untyped-def]
+    shard, middleman, answered = pair
+    query = middleman.send(BodyType.QUERY)
+    deliver(shard, 1)
+    assert answered == [[query]], "a query is never held"
+    assert ack_messages(middleman) == [], "its acknowledgement waits for the next message"
+    write = middleman.send(BodyType.INDEX)
+    deliver(shard, 1)
+    assert ack_messages(middleman) == [[write, query]], "one ACK message carries both"
+    second = middleman.send(BodyType.QUERY)
+    deliver(shard, 1)
+    shard.hello()
+    assert ack_messages(middleman) == [[second]], "a HELLO takes the waiting ones along, first"
+
+
+def test_waiting_query_acks_leave_together_once_there_are_enough(pair) -> None:  # type: ignore[no-untyped-def]
+    shard, middleman, answered = pair
+    queries = [middleman.send(BodyType.QUERY) for _ in range(shard_link._QUERY_ACKS)]
+    while sum(map(len, answered)) < len(queries):
+        assert shard.sock.poll(5000), "a query did not reach the shard"
+        shard.on_readable(shard.sock)
+    assert ack_messages(middleman) == [queries], "one ACK message, sent once the last came"

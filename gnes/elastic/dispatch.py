@@ -152,8 +152,8 @@ class WorkDispatcher:
         if appeared and not restarted:
             log.info("worker %s is up (%d workers)", name, sum(self.peers.live(w) for w in self.workers))
         if kind == link.ACK:
-            env = pb.Envelope.FromString(body)
-            worker.in_flight.pop(link.part_key(env.client_id, env.request_id, env.part_ids), None)
+            for key in link.acked_parts(frames):
+                worker.in_flight.pop(key, None)
         elif kind == link.LEAVE:
             worker.leaving = True
             log.info("worker %s leaves once its %d messages are done", name, len(worker.in_flight))

@@ -7,7 +7,7 @@ middleman addresses a shard by name and a restarted shard takes its name back
 
   shard -> middleman                      middleman -> shard
   HELLO {id, incarnation, epoch, members}   REQ envelope body       a pipeline request part
-  ACK   envelope                            RING {epoch, members}   the placement in force
+  ACK   envelope...                         RING {epoch, members}   the placement in force
   LEAVE {id}                                HANDOVER {epoch, members}  stream what moves away
   MOVE  {target, index, seq, config} body   MOVE ... (forwarded to the target)
   MOVED {source, seq}                       MOVED ... (forwarded to the source)
@@ -59,9 +59,24 @@ def part_key(client_id: str, request_id: int, part_ids: list[int] | tuple[int, .
     return client_id, request_id, tuple(part_ids)
 
 
-def ack_frames(env) -> list[bytes]:  # type: ignore[no-untyped-def]
-    """The ACK of one answered request part: only what identifies the part travels back."""
+def ack_of(env) -> bytes:  # type: ignore[no-untyped-def]
+    """What acknowledges one answered request part: only what identifies the part travels back."""
     from ..proto import pb
 
-    ack = pb.Envelope(client_id=env.client_id, request_id=env.request_id, part_ids=env.part_ids)
-    return [ACK, ack.SerializeToString()]
+    return pb.Envelope(client_id=env.client_id, request_id=env.request_id, part_ids=env.part_ids).SerializeToString()
+
+
+def ack_frames(*envs) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """One ACK message for any number of answered parts: a frame for each after the kind."""
+    return [ACK, *map(ack_of, envs)]
+
+
+def acked_parts(frames: list[bytes]) -> list[PartKey]:
+    """The parts an ACK message (its frames after the kind) acknowledges."""
+    from ..proto import pb
+
+    keys = []
+    for frame in frames:
+        env = pb.Envelope.FromString(frame)
+        keys.append(part_key(env.client_id, env.request_id, env.part_ids))
+    return keys

@@ -106,10 +106,9 @@ class ShardProxyService(Membership, ProxyService):
         self, shard: _Shard, kind: bytes, rest: list[bytes], hello: dict | None, seen: tuple[bool, bool]
     ) -> None:
         if kind == link.ACK:
-            env = pb.Envelope.FromString(rest[0])
-            key = link.part_key(env.client_id, env.request_id, env.part_ids)
-            if shard.writes.pop(key, None) is None:
-                shard.queries.pop(key, None)
+            for key in link.acked_parts(rest):
+                if shard.writes.pop(key, None) is None:
+                    shard.queries.pop(key, None)
         elif kind == link.HELLO:
             self._on_hello(shard, hello, *seen)
         elif kind == link.LEAVE:

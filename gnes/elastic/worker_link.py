@@ -39,8 +39,8 @@ class WorkerLink:
     def acknowledge(self, packets: list[Packet], now: float) -> None:
         if self.leave_deadline is not None:
             self.leave_deadline = now + _LEAVE_WAIT_S  # still busy with what it held
-        for packet in packets:
-            self._send(link.ack_frames(packet.envelope))
+        if packets:
+            self._send(link.ack_frames(*(packet.envelope for packet in packets)))
 
     def on_control(self, frames: list[bytes]) -> None:
         """A frame that is not work: BYE lets this worker go."""
