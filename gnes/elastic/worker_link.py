@@ -7,12 +7,18 @@ import uuid
 
 import zmq
 
-from ..service.message import Packet
+from ..service.message import BodyType, Packet
 from . import link
 from .peers import Outbox, dealer_socket
 
 # A leaving worker that has had no work and no BYE for this long: the proxy is gone, stop anyway.
 _LEAVE_WAIT_S = 3.0
+# A query's ACK waits for the next message to the proxy (another ACK, a HELLO, LEAVE) or for this
+# many others: each message wakes the proxy, and a sequential query otherwise woke it twice more
+# (bench/README.md). Should this worker die meanwhile, the proxy sends those queries once more and
+# the reducer drops the second answers (the first came). Half the dispatcher's window of 8, so
+# that the waiting ACKs never leave a worker without room for new work.
+_QUERY_ACKS = 4
 
 
 class WorkerLink:
@@ -21,6 +27,7 @@ class WorkerLink:
         self.info = info or {}  # told in every HELLO (an encoder's model name: the pool it joins)
         self.sock: zmq.Socket | None = None
         self._out = Outbox()
+        self._query_acks: list[bytes] = []  # leave with the next message (see _QUERY_ACKS)
         self._next_hello = 0.0
         self.leave_deadline: float | None = None
         self.dismissed = False
@@ -31,6 +38,9 @@ class WorkerLink:
         return self.sock
 
     def _send(self, frames: list[bytes]) -> None:
+        if self._query_acks and frames[0] != link.ACK:
+            self._out.append([link.ACK, *self._query_acks])
+            self._query_acks = []
         self._out.send(frames)
 
     def hello(self) -> None:
@@ -39,8 +49,16 @@ class WorkerLink:
     def acknowledge(self, packets: list[Packet], now: float) -> None:
         if self.leave_deadline is not None:
             self.leave_deadline = now + _LEAVE_WAIT_S  # still busy with what it held
-        if packets:
-            self._send(link.ack_frames(*(packet.envelope for packet in packets)))
+        acks = []
+        for packet in packets:
+            env = packet.envelope
+            # A leaving worker is let go once the proxy holds nothing of it: no ACK waits then.
+            waits = env.body_type == BodyType.QUERY and not env.is_response and self.leave_deadline is None
+            (self._query_acks if waits else acks).append(link.ack_of(env))
+        if acks or len(self._query_acks) >= _QUERY_ACKS:
+            acks += self._query_acks
+            self._query_acks = []
+            self._send([link.ACK, *acks])
 
     def on_control(self, frames: list[bytes]) -> None:
         """A frame that is not work: BYE lets this worker go."""
