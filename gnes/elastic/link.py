@@ -66,11 +66,6 @@ def ack_of(env) -> bytes:  # type: ignore[no-untyped-def]
     return pb.Envelope(client_id=env.client_id, request_id=env.request_id, part_ids=env.part_ids).SerializeToString()
 
 
-def ack_frames(*envs) -> list[bytes]:  # type: ignore[no-untyped-def]
-    """One ACK message for any number of answered parts: a frame for each after the kind."""
-    return [ACK, *map(ack_of, envs)]
-
-
 def acked_parts(frames: list[bytes]) -> list[PartKey]:
     """The parts an ACK message (its frames after the kind) acknowledges."""
     from ..proto import pb
