@@ -8,6 +8,7 @@ plus log-replay recovery, for input checks that leave the index untouched, and I
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gnes.indexer import vectors as vectors_module
 from gnes.indexer.config import IndexConfig
 from gnes.indexer.index_set import IndexSet
 from gnes.indexer.logical import CONFIG_FILE, SNAPSHOT_FILE, Hit, LogicalIndex
@@ -468,7 +470,20 @@ def test_snapshot_plus_log_replay_restores_every_write(index_type: str, tmp_path
         index.close()
 
 
-def test_untrained_and_interrupted_indexes_reopen_from_the_store(tmp_path: Path) -> None:
+def test_untrained_and_interrupted_indexes_reopen_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first training is held until the index is closed, so that the close always interrupts
+    # it: on a quick moment, training 1,200 vectors finished before close() and was saved.
+    closed = threading.Event()
+    train = vectors_module.VectorIndex._train
+
+    def held_train(self, *args: Any) -> None:  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(vectors_module.VectorIndex, "_train", train)  # later trainings run at once
+        closed.wait(60)
+        train(self, *args)
+
+    monkeypatch.setattr(vectors_module.VectorIndex, "_train", held_train)
     expected: dict[int, tuple[np.ndarray, str, str]] = {}
     index = LogicalIndex.create("early", config("ivf_flat"), tmp_path / "early")
     write(index, expected, np.arange(600), seed=30)
@@ -483,6 +498,7 @@ def test_untrained_and_interrupted_indexes_reopen_from_the_store(tmp_path: Path)
         assert index.state()["state"] in (TRAINING, ADDING)
     finally:
         index.close()  # closing while training: nothing is lost, training starts again on open
+        closed.set()
     index = LogicalIndex.open("early", tmp_path / "early")
     try:
         assert index.state()["state"] in (TRAINING, ADDING)
