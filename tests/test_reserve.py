@@ -68,6 +68,9 @@ def test_shards_reserve_their_own_share(tmp_path: Path) -> None:
         assert reserved == [len(owned[str(shard.rank)]) for shard in client.shards] and sum(reserved) == 3000
         vectors = np.random.default_rng(0).standard_normal((3000, DIM)).astype(np.float16)
         assert sum(client.add_stream("half", [(vectors, ids)])) == 3000
+        assert client.count_per_shard("half") == reserved, "each shard got the share it made room for"
+        with pytest.raises(ValueError, match="3 rows but 2 ids"):
+            client.reserve("half", 3, ids[:2])
         assert list(client.search("half", vectors[:3].astype(np.float32), top_k=1).ids[:, 0]) == list(ids[:3])
         fresh = client.reserve("half", 10_000)  # no ids: an even share with room to spare
         assert all(5000 < n <= 5000 * 1.1 + 1024 for n in fresh), fresh

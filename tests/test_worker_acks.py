@@ -54,7 +54,7 @@ def in_flight_after_reading(dispatcher: WorkDispatcher, router: zmq.Socket, work
     return None if held is None else {request_id for _, request_id, _ in held.in_flight}
 
 
-def hand_out(dispatcher: WorkDispatcher, router: zmq.Socket, sock: zmq.Socket, packets: list[Packet]) -> None:
+def hand_out(dispatcher: WorkDispatcher, sock: zmq.Socket, packets: list[Packet]) -> None:
     for packet in packets:
         dispatcher.submit(packet)
     for _ in packets:
@@ -65,14 +65,14 @@ def hand_out(dispatcher: WorkDispatcher, router: zmq.Socket, sock: zmq.Socket, p
 def test_a_query_ack_waits_for_the_next_message_and_a_write_ack_does_not(linked) -> None:  # type: ignore[no-untyped-def]
     dispatcher, router, worker, sock = linked
     query, write = _packet(1, BodyType.QUERY), _packet(2, BodyType.INDEX)
-    hand_out(dispatcher, router, sock, [query, write])
+    hand_out(dispatcher, sock, [query, write])
     worker.acknowledge([query], 0.0)
     assert in_flight_after_reading(dispatcher, router, worker) == {1, 2}, "the query's ACK waits"
     worker.acknowledge([write], 0.0)
     assert in_flight_after_reading(dispatcher, router, worker) == set(), "one ACK names both"
 
     later = _packet(3, BodyType.QUERY)
-    hand_out(dispatcher, router, sock, [later])
+    hand_out(dispatcher, sock, [later])
     worker.acknowledge([later], 0.0)
     worker.hello()
     assert in_flight_after_reading(dispatcher, router, worker) == set(), "a HELLO takes it along"
@@ -81,7 +81,7 @@ def test_a_query_ack_waits_for_the_next_message_and_a_write_ack_does_not(linked)
 def test_waiting_query_acks_leave_before_the_dispatchers_window_fills(linked) -> None:  # type: ignore[no-untyped-def]
     dispatcher, router, worker, sock = linked
     queries = [_packet(i, BodyType.QUERY) for i in range(1, worker_link._QUERY_ACKS + 1)]
-    hand_out(dispatcher, router, sock, queries)
+    hand_out(dispatcher, sock, queries)
     for packet in queries[:-1]:
         worker.acknowledge([packet], 0.0)
     assert len(in_flight_after_reading(dispatcher, router, worker)) == len(queries)
@@ -92,7 +92,7 @@ def test_waiting_query_acks_leave_before_the_dispatchers_window_fills(linked) ->
 def test_a_leaving_worker_acknowledges_queries_at_once(linked) -> None:  # type: ignore[no-untyped-def]
     dispatcher, router, worker, sock = linked
     waiting, after = _packet(1, BodyType.QUERY), _packet(2, BodyType.QUERY)
-    hand_out(dispatcher, router, sock, [waiting, after])
+    hand_out(dispatcher, sock, [waiting, after])
     worker.acknowledge([waiting], 0.0)
     worker.leave(0.0)  # LEAVE takes the waiting ACK along, first
     assert in_flight_after_reading(dispatcher, router, worker) == {2}

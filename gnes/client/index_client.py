@@ -216,6 +216,8 @@ class IndexClient:
         everything held, seconds at a million vectors). Per shard, the rows reserved (0 where
         the index type has no such array)."""
         if ids is not None:
+            if len(ids) != rows:
+                raise ValueError(f"reserve got {rows} rows but {len(ids)} ids")
             owned = self.placement.split(check_doc_ids(ids))
             shares = [len(owned.get(str(shard.rank), ())) for shard in self.shards]
         else:  # fresh ids spread evenly over the slots: a share, and room for the unevenness

@@ -45,8 +45,7 @@ _MOVE_WINDOW = 4
 _HOLD_S = float(os.environ.get("GNES_SHARD_HOLD_MS", "10")) / 1000
 _STREAM_GAP_S = 0.02
 _HOLD_MESSAGES = 64
-# Acknowledgements go back in one ACK message per turn, not one message each: every message wakes
-# the middleman, and on 2 cores a wake-up costs about as much CPU as handling a small part. A
+# Acknowledgements go back in one ACK message per turn (link.Acks), not one message each. A
 # write's ACK leaves at the end of the turn that answered it (the middleman holds the write until
 # then, to send it again should this shard die). A query's ACK only lets the middleman forget
 # which parts it would answer as missing if this shard died, so it waits for the next message on
@@ -96,8 +95,7 @@ class ShardLink:
         self.epoch, self.members = self._read_ring()
         self.sock: zmq.Socket | None = None
         self._out = Outbox()
-        self._write_acks: list[bytes] = []  # leave at the end of this turn
-        self._query_acks: list[bytes] = []  # leave with the next message on the link
+        self._acks = link.Acks(_QUERY_ACKS)
         self._next_hello = 0.0
         self._dirty = False  # holds documents it may not own: took a move, or handed some over
         self._stream: Iterator[tuple[str, str, pb.Request]] | None = None
@@ -126,15 +124,15 @@ class ShardLink:
         self._out.send(frames)
 
     def flush(self) -> None:
-        if self._write_acks or len(self._query_acks) >= _QUERY_ACKS:
+        if self._acks.due:
             self._queue_acks()
         self._out.flush()
 
     def _queue_acks(self) -> None:
         """Every acknowledgement not yet sent, as one ACK message in the outbox."""
-        if self._write_acks or self._query_acks:
-            self._out.append([link.ACK, *self._write_acks, *self._query_acks])
-            self._write_acks, self._query_acks = [], []
+        message = self._acks.take()
+        if message:
+            self._out.append(message)
 
     def hello(self) -> None:
         info = {"id": self.shard_id, "incarnation": self.incarnation, "epoch": self.epoch, "members": self.members}
@@ -190,8 +188,7 @@ class ShardLink:
         self._held_until = 0.0
         self._on_requests(packets)
         for packet in packets:
-            acks = self._write_acks if packet.envelope.body_type == BodyType.INDEX else self._query_acks
-            acks.append(link.ack_of(packet.envelope))
+            self._acks.add(packet.envelope, wait=packet.envelope.body_type != BodyType.INDEX)
 
     def _on_control(self, kind: bytes, rest: list[bytes]) -> None:
         if kind == link.RING:

@@ -27,7 +27,7 @@ class WorkerLink:
         self.info = info or {}  # told in every HELLO (an encoder's model name: the pool it joins)
         self.sock: zmq.Socket | None = None
         self._out = Outbox()
-        self._query_acks: list[bytes] = []  # leave with the next message (see _QUERY_ACKS)
+        self._acks = link.Acks(_QUERY_ACKS)
         self._next_hello = 0.0
         self.leave_deadline: float | None = None
         self.dismissed = False
@@ -38,9 +38,9 @@ class WorkerLink:
         return self.sock
 
     def _send(self, frames: list[bytes]) -> None:
-        if self._query_acks and frames[0] != link.ACK:
-            self._out.append([link.ACK, *self._query_acks])
-            self._query_acks = []
+        waiting = self._acks.take()  # they go first: LEAVE must find them counted
+        if waiting:
+            self._out.append(waiting)
         self._out.send(frames)
 
     def hello(self) -> None:
@@ -49,16 +49,13 @@ class WorkerLink:
     def acknowledge(self, packets: list[Packet], now: float) -> None:
         if self.leave_deadline is not None:
             self.leave_deadline = now + _LEAVE_WAIT_S  # still busy with what it held
-        acks = []
         for packet in packets:
             env = packet.envelope
             # A leaving worker is let go once the proxy holds nothing of it: no ACK waits then.
-            waits = env.body_type == BodyType.QUERY and not env.is_response and self.leave_deadline is None
-            (self._query_acks if waits else acks).append(link.ack_of(env))
-        if acks or len(self._query_acks) >= _QUERY_ACKS:
-            acks += self._query_acks
-            self._query_acks = []
-            self._send([link.ACK, *acks])
+            wait = env.body_type == BodyType.QUERY and not env.is_response and self.leave_deadline is None
+            self._acks.add(env, wait)
+        if self._acks.due:
+            self._out.send(self._acks.take())
 
     def on_control(self, frames: list[bytes]) -> None:
         """A frame that is not work: BYE lets this worker go."""
