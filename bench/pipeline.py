@@ -1,16 +1,19 @@
 """Indexing rate and query latency through the whole stack, beside the same work in one process.
 
-Workload (issue 2): N short text documents (default 10,000) indexed in requests of 100
-through the streaming gRPC call, then 300 sequential queries (top_k 10) after 20 warm-up
-queries. The stack is compose/gnes-swarm.yml run as local processes (3 shards). The
-baseline calls the encoder and one shard index directly, in this process.
+Workload (issue 2): rounds of N short text documents (default 5 x 10,000) indexed in requests of
+100 through the streaming gRPC call; after the first round, 300 sequential queries (top_k 10)
+after 20 warm-up queries. The stack is compose/gnes-swarm.yml run as local processes (3 shards). The baseline
+calls the encoder and one shard index directly, in this process. Each stack is paired with its
+own baseline, and the two take turns round by round (one round takes a tenth of a second, and a
+rate on a shared VM drifts by up to 2x within minutes): the indexing figure is the median of the
+rounds' ratios, printed with their range.
 
 The floor of a query: the frontend alone (STATUS over gRPC, measured in each stack run) plus
 QUERY_HOPS ZeroMQ hops between processes (one hop measured through a `gnes proxy`). Every
 figure's ratio is taken against what was measured in the same run. `--shards 1,3` runs a
 stack of each size; `--json` prints one JSON line with every figure instead of the table.
 
-    python bench/pipeline.py [--encoders hash,minilm] [--docs 10000] [--shards 3] [--json]
+    python bench/pipeline.py [--encoders hash,minilm] [--docs 10000] [--rounds 5] [--shards 3] [--json]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gensim
@@ -79,7 +83,52 @@ def wait_settled(stack: LocalStack, shards: int, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> dict[str, float]:
+class InProcess:
+    """The baseline: the same encoder and one shard's index in this process, no services. It is
+    grown round by round beside the stack (same documents, same ids), so both index into an index
+    of the same size."""
+
+    def __init__(self, name: str, data: Path) -> None:
+        encoder_yaml, indexer_yaml = CONFIGS[name]
+        self.encoder = load_component(REPO / encoder_yaml, BaseEncoder)
+        self.encoder.__enter__()
+        self.index = LogicalIndex.create("bench", load_component(REPO / indexer_yaml, IndexConfig), data / "bench")
+
+    def index_round(self, docs: list[str], start_id: int) -> float:
+        started = time.perf_counter()
+        for i in range(0, len(docs), BATCH):
+            batch = docs[i : i + BATCH]
+            ids = np.arange(start_id + i, start_id + i + len(batch), dtype=np.uint64)
+            self.index.add(ids, self.encoder.encode(batch), batch)
+        return time.perf_counter() - started
+
+    def query(self, text: str) -> None:
+        self.index.search(self.encoder.encode([text]), TOP_K)
+
+    def close(self) -> None:
+        try:
+            self.index.close()
+        finally:
+            self.encoder.__exit__(None, None, None)
+
+
+def timed(call: Callable[[str], object], queries: list[str]) -> list[float]:
+    for q in queries[:WARMUP]:
+        call(q)
+    latencies = []
+    for q in queries[WARMUP:]:
+        t = time.perf_counter()
+        call(q)
+        latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+def run_pair(name: str, docs: list[str], queries: list[str], shards: int, rounds: int) -> dict[str, object]:
+    """A stack of `shards` shards and the in-process baseline, taking turns: `rounds` rounds of
+    indexing `docs` (fresh ids each round) by each, the first of each round alternating, and the
+    queries after the first round. A rate on this shared VM drifts by up to 2x within minutes;
+    paired rounds a second apart see the same machine, so the ratio of each round is the
+    figure, and its median the summary."""
     encoder_yaml, indexer_yaml = CONFIGS[name]
     overrides = free_port_overrides()
     overrides.update(
@@ -89,35 +138,50 @@ def run_stack(name: str, docs: list[str], queries: list[str], shards: int) -> di
     )
     with tempfile.TemporaryDirectory() as workdir:
         stack = LocalStack.from_file(REPO / "compose/gnes-swarm.yml", workdir=workdir, overrides=overrides, quiet=True)
-        with stack, GnesClient(port=int(overrides["GRPC_PORT"]), timeout=600) as client:
-            # Timing starts once the empty stack has answered one query and the middleman has
-            # settled its placement (writes wait for it): every connection on the way is then
-            # up, so the figure is the indexing rate, not start-up.
-            client.query(queries[0], top_k=TOP_K)
-            wait_settled(stack, shards)
-            started = time.perf_counter()
-            summary = client.index(docs, batch_size=BATCH)
-            index_s = time.perf_counter() - started
-            assert summary.errors == [] and summary.num_docs == len(docs), summary.errors[:3]
-            for q in queries[:WARMUP]:
-                client.query(q, top_k=TOP_K)
-            latencies = []
-            for q in queries[WARMUP:]:
-                t = time.perf_counter()
-                client.query(q, top_k=TOP_K)
-                latencies.append(time.perf_counter() - t)
-            # The frontend answers STATUS itself: gRPC and the frontend, no pipeline at all.
-            status = []
-            for i in range(WARMUP + QUERIES):
-                t = time.perf_counter()
-                client.status()
-                if i >= WARMUP:
-                    status.append(time.perf_counter() - t)
+        base = InProcess(name, Path(workdir))
+        try:
+            with stack, GnesClient(port=int(overrides["GRPC_PORT"]), timeout=600) as client:
+                # Timing starts once the empty stack has answered one query and the middleman has
+                # settled its placement (writes wait for it): every connection on the way is then
+                # up, so the figure is the indexing rate, not start-up.
+                client.query(queries[0], top_k=TOP_K)
+                wait_settled(stack, shards)
+
+                def stack_round(start_id: int) -> float:
+                    started = time.perf_counter()
+                    summary = client.index(docs, batch_size=BATCH, start_id=start_id)
+                    elapsed = time.perf_counter() - started
+                    assert summary.errors == [] and summary.num_docs == len(docs), summary.errors[:3]
+                    return elapsed
+
+                stack_s, base_s = [], []
+                for r in range(rounds):
+                    if r % 2 == 0:
+                        base_s.append(base.index_round(docs, r * len(docs)))
+                        stack_s.append(stack_round(r * len(docs)))
+                    else:
+                        stack_s.append(stack_round(r * len(docs)))
+                        base_s.append(base.index_round(docs, r * len(docs)))
+                    if r == 0:  # queries search the first round's documents: a search's cost grows with the index
+                        latencies = timed(lambda q: client.query(q, top_k=TOP_K), queries)
+                        base_latencies = timed(base.query, queries)
+                        # The frontend answers STATUS itself: gRPC and the frontend, no pipeline at all.
+                        status = timed(lambda _q: client.status(), queries)
+        finally:
+            base.close()
+    ratios = [b / s for s, b in zip(stack_s, base_s, strict=True)]
     p50, p99 = percentiles(latencies)
+    base_p50, base_p99 = percentiles(base_latencies)
     return {
-        "docs_per_s": len(docs) / index_s,
+        "docs_per_s": float(np.median([len(docs) / s for s in stack_s])),
+        "inprocess_docs_per_s": float(np.median([len(docs) / s for s in base_s])),
+        "index_of_inprocess": float(np.median(ratios)),
+        "index_of_inprocess_min": min(ratios),
+        "index_of_inprocess_max": max(ratios),
         "p50_ms": p50,
         "p99_ms": p99,
+        "inprocess_p50_ms": base_p50,
+        "inprocess_p99_ms": base_p99,
         "frontend_p50_ms": percentiles(status)[0],
     }
 
@@ -163,36 +227,11 @@ def zmq_hop_ms(rounds: int = 1000) -> float:
     return float(np.median(rounds_s)) * 1000 / 2
 
 
-def run_in_process(name: str, docs: list[str], queries: list[str]) -> dict[str, float]:
-    encoder_yaml, indexer_yaml = CONFIGS[name]
-    encoder = load_component(REPO / encoder_yaml, BaseEncoder)
-    config = load_component(REPO / indexer_yaml, IndexConfig)
-    with tempfile.TemporaryDirectory() as data, encoder:
-        index = LogicalIndex.create("bench", config, Path(data) / "bench")
-        try:
-            started = time.perf_counter()
-            for i in range(0, len(docs), BATCH):
-                batch = docs[i : i + BATCH]
-                ids = np.arange(i, i + len(batch), dtype=np.uint64)
-                index.add(ids, encoder.encode(batch), batch)
-            index_s = time.perf_counter() - started
-            for q in queries[:WARMUP]:
-                index.search(encoder.encode([q]), TOP_K)
-            latencies = []
-            for q in queries[WARMUP:]:
-                t = time.perf_counter()
-                index.search(encoder.encode([q]), TOP_K)
-                latencies.append(time.perf_counter() - t)
-        finally:
-            index.close()
-    p50, p99 = percentiles(latencies)
-    return {"docs_per_s": len(docs) / index_s, "p50_ms": p50, "p99_ms": p99}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--encoders", default="hash,minilm")
-    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--docs", type=int, default=10_000, help="documents per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of indexing, stack and in-process taking turns")
     parser.add_argument("--shards", default="3", help="shard counts, comma-separated: a stack of each")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
@@ -202,30 +241,35 @@ def main() -> None:
     rng = np.random.default_rng(0)
     queries = [docs[i] for i in rng.integers(0, len(docs), WARMUP + QUERIES)]
     say(
-        f"{args.docs} documents in requests of {BATCH}; {QUERIES} queries (top_k {TOP_K}) after {WARMUP} warm-up;"
-        f" stacks: {args.shards} shards, local processes on loopback; {os.cpu_count()} cores"
+        f"{args.rounds} rounds of {args.docs} documents in requests of {BATCH}, the stack and the in-process"
+        f" baseline taking turns; {QUERIES} queries (top_k {TOP_K}) after {WARMUP} warm-up; stacks:"
+        f" {args.shards} shards, local processes on loopback; {os.cpu_count()} cores"
     )
     hop = zmq_hop_ms()
-    result: dict[str, object] = {"docs": args.docs, "hop_ms": round(hop, 4), "loadavg_1m": os.getloadavg()[0]}
+    result: dict[str, object] = {
+        "docs": args.docs,
+        "rounds": args.rounds,
+        "hop_ms": round(hop, 4),
+        "loadavg_1m": os.getloadavg()[0],
+    }
     for name in args.encoders.split(","):
-        base = run_in_process(name, docs, queries)
-        figures: dict[str, object] = {"inprocess": {k: round(v, 4) for k, v in base.items()}}
-        say(f"\n[{name}]                    index docs/s   query p50 ms   query p99 ms")
-        say(f"  in-process                {base['docs_per_s']:12.0f}   {base['p50_ms']:12.3f}   {base['p99_ms']:12.3f}")
+        figures: dict[str, object] = {}
+        say(f"\n[{name}]            index docs/s (median)   of in-process: median (min-max)   query p50 / p99 ms")
         for shards in shard_counts:
-            stack = run_stack(name, docs, queries, shards)
-            floor = stack["frontend_p50_ms"] + QUERY_HOPS * hop
-            row = {k: round(v, 4) for k, v in stack.items()}
-            row.update(
-                floor_ms=round(floor, 4),
-                index_of_inprocess=round(stack["docs_per_s"] / base["docs_per_s"], 4),
-                p50_of_floor=round(stack["p50_ms"] / floor, 4),
-            )
+            pair = run_pair(name, docs, queries, shards, args.rounds)
+            floor = pair["frontend_p50_ms"] + QUERY_HOPS * hop
+            row = {k: round(v, 4) for k, v in pair.items()}
+            row.update(floor_ms=round(floor, 4), p50_of_floor=round(pair["p50_ms"] / floor, 4))
             figures[f"{shards}_shards"] = row
             say(
-                f"  stack, {shards} shard(s)        {stack['docs_per_s']:12.0f}   {stack['p50_ms']:12.3f}"
-                f"   {stack['p99_ms']:12.3f}   {row['index_of_inprocess']:.2f} of in-process indexing,"
-                f" p50 {row['p50_of_floor']:.2f} x the floor ({stack['frontend_p50_ms']:.3f} frontend"
+                f"  in-process            {pair['inprocess_docs_per_s']:12.0f}"
+                f"   {'':33} {pair['inprocess_p50_ms']:7.3f} / {pair['inprocess_p99_ms']:.3f}"
+            )
+            say(
+                f"  stack, {shards} shard(s)     {pair['docs_per_s']:12.0f}"
+                f"   {row['index_of_inprocess']:.2f} ({row['index_of_inprocess_min']:.2f}-"
+                f"{row['index_of_inprocess_max']:.2f}){'':20} {pair['p50_ms']:7.3f} / {pair['p99_ms']:.3f}"
+                f"   p50 {row['p50_of_floor']:.2f} x the floor ({pair['frontend_p50_ms']:.3f} frontend"
                 f" + {QUERY_HOPS} x {hop:.3f} hop = {floor:.3f} ms)"
             )
         result[name] = figures
