@@ -210,6 +210,8 @@ class IndexWriter:
         self.errors: list[str] = []
         self.longest = 0.0
         self.stop = threading.Event()
+        self.running = threading.Event()  # cleared by pause(): the next request waits for resume()
+        self.running.set()
         self.thread = threading.Thread(target=self._run, name="index-writer", daemon=True)
 
     def _run(self) -> None:
@@ -219,6 +221,7 @@ class IndexWriter:
 
         with GnesClient(self.host, self.port, timeout=120) as client:
             for start in range(self.first, self.first + self.total, self.batch):
+                self.running.wait()
                 if self.stop.is_set():
                     return
                 texts = [self.text_of(i) for i in range(start, min(start + self.batch, self.first + self.total))]
@@ -245,12 +248,20 @@ class IndexWriter:
             time.sleep(0.05)
         assert len(self.acked) >= target, f"only {len(self.acked)} acknowledged, waiting for {target}"
 
+    def pause(self) -> None:
+        """No request after the one under way, until resume()."""
+        self.running.clear()
+
+    def resume(self) -> None:
+        self.running.set()
+
     def finish(self, timeout: float = 240.0) -> None:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the writer did not finish in time"
 
     def close(self) -> None:
         self.stop.set()
+        self.running.set()
         self.thread.join(60)
 
 

@@ -169,6 +169,15 @@ def _middleman(swarm: Swarm) -> dict:
     return json.loads(out)
 
 
+def _running_tasks(swarm: Swarm, service: str) -> int:
+    """Tasks of the service that Swarm itself counts as running (it counts a task with a healthcheck as
+    starting until the check first passes)."""
+    out = swarm.docker(
+        "service", "ps", f"{STACK}_{service}", "--filter", "desired-state=running", "--format", "{{.CurrentState}}"
+    )
+    return sum(1 for line in out.splitlines() if line.startswith("Running"))
+
+
 def _settled(swarm: Swarm, shards: int) -> Callable[[], bool]:
     def check() -> bool:
         try:
@@ -210,7 +219,18 @@ def test_swarm_shards_killed_and_scaled_while_indexing(swarm: Swarm) -> None:
             if round_no == 2:
                 swarm.docker("service", "scale", "--detach", f"{STACK}_indexer=4")
                 _wait("4 shards in the placement", _settled(swarm, 4), 180)
+        # Swarm removes the tasks that are not running first when it scales in, and a restarted task
+        # counts as starting until its first passing healthcheck (up to 10 s after it answers). A shard
+        # removed that way never hands its documents over (its volume belongs to its slot), so the
+        # scale-in waits, as an operator must, until every shard is healthy (docs/elastic.md). The
+        # writer pauses meanwhile, so that it is still busy when the shards scale in.
+        writer.pause()
+        _wait("4 healthy indexers", lambda: len(swarm.containers("indexer", "health=healthy")) == 4, 120)
+        _wait("4 running indexer tasks", lambda: _running_tasks(swarm, "indexer") == 4, 60)
+        _wait("4 shards in the placement", _settled(swarm, 4), 120)
+        writer.resume()
         writer.wait_for(1000, timeout=120)
+        assert len(writer.acked) < total, "the writer finished before the scale-in"
         print(f"swarm: scaling in with {len(writer.acked)} of {total} documents acknowledged")
         swarm.docker("service", "scale", "--detach", f"{STACK}_indexer=2")  # two shards hand over and go
         _wait("2 shards in the placement", _settled(swarm, 2), 300)
