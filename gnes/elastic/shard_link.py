@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -23,8 +22,8 @@ import zmq
 from ..indexer.chunks import attach_chunks, write_chunks
 from ..indexer.index_set import IndexSet
 from ..placement import Placement
-from ..proto import array_to_nd, pb
-from ..service.message import BodyType, Packet, parse_frames
+from ..proto import WireError, array_to_nd, pb
+from ..service.message import BodyType, Packet, parse_bundle
 from . import link
 from .peers import Outbox, dealer_socket
 
@@ -32,19 +31,9 @@ RING_FILE = "ring.json"
 SHARD_ID_FILE = "shard_id"
 _MOVE_BATCH = 2048
 _MOVE_WINDOW = 4
-# Group commit of the pipeline's writes. Index parts come one by one, as the encoder finishes
-# each, and a commit costs about 0.4 ms of CPU and an fsync whatever it holds (300 parts of 33
-# documents: 220 ms of CPU committed one by one, 100 ms in groups of 4). A part that follows the
-# previous one within _STREAM_GAP_S (a stream) waits up to _HOLD_S for others to join it; a lone
-# write, or anything else that comes (a query, a control message), is answered at once, and what
-# was held goes first, in order. Through the stack (bench/pipeline.py, 3 shards, 2 cores) this took
-# the CPU of indexing 10,000 documents from 757 to 677 ms and the rate from 24,700 to 27,800
-# docs/s. The price: a write that follows another within 20 ms is acknowledged up to 10 ms later.
-# Held parts are not acknowledged, so a shard that dies meanwhile gets them again (nothing lost).
-# GNES_SHARD_HOLD_MS sets the wait (0: no holding).
-_HOLD_S = float(os.environ.get("GNES_SHARD_HOLD_MS", "10")) / 1000
-_STREAM_GAP_S = 0.02
-_HOLD_MESSAGES = 64
+# The pipeline's writes come in bundles: the middleman holds the parts of a stream for a few
+# milliseconds and sends each shard one REQ message with all of its parts (gnes/elastic/middleman.py),
+# which the shard commits together and answers in one message to the reducer.
 # Acknowledgements go back in one ACK message per turn (link.Acks), not one message each. A
 # write's ACK leaves at the end of the turn that answered it (the middleman holds the write until
 # then, to send it again should this shard die). A query's ACK only lets the middleman forget
@@ -103,9 +92,6 @@ class ShardLink:
         self._in_flight: set[int] = set()
         self._seq = 0
         self._leave_deadline: float | None = None
-        self._held: list[Packet] = []  # index parts waiting for others to share their commit
-        self._held_until = 0.0
-        self._last_write = -math.inf
         self.moved_out = self.moved_in = self.purged = 0
 
     def _read_ring(self) -> tuple[int, tuple[str, ...]]:
@@ -140,7 +126,7 @@ class ShardLink:
 
     # ---- receiving ---------------------------------------------------------------------
     def on_readable(self, sock: zmq.Socket) -> None:
-        requests, self._held = self._held, []
+        requests: list[Packet] = []
         for _ in range(256):
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -148,44 +134,20 @@ class ShardLink:
                 break
             kind, rest = frames[0], frames[1:]
             if kind == link.REQ:
-                requests.append(parse_frames(rest))
+                try:
+                    requests.extend(parse_bundle(rest))
+                except WireError as exc:  # no envelope to answer: dropped, as every service drops one
+                    log.warning("shard %s: dropped a malformed request message: %s", self.shard_id, exc)
                 continue
             if requests:  # keep the order of requests and control messages
                 self._answer(requests)
                 requests = []
             self._on_control(kind, rest)
         if requests:
-            now = time.monotonic()
-            if self._may_hold(requests, now):
-                if not self._held_until:
-                    self._held_until = now + _HOLD_S
-                self._held = requests
-            else:
-                self._answer(requests)
-            if any(p.envelope.body_type == BodyType.INDEX for p in requests):
-                self._last_write = now
+            self._answer(requests)
         self.flush()
 
-    def _may_hold(self, requests: list[Packet], now: float) -> bool:
-        """Whether these requests may wait for more to share one commit: index writes only, in a
-        stream, fewer than _HOLD_MESSAGES, and not past the wait of the first of them."""
-        if len(requests) >= _HOLD_MESSAGES or _HOLD_S <= 0:
-            return False
-        if self._held_until and now >= self._held_until:
-            return False
-        if not self._held_until and now - self._last_write > _STREAM_GAP_S:
-            return False
-        return all(p.envelope.body_type == BodyType.INDEX and not p.envelope.is_response for p in requests)
-
-    def release(self) -> None:
-        """Answer what is held now (its wait is over, or something else must not overtake it)."""
-        held, self._held = self._held, []
-        self._held_until = 0.0
-        if held:
-            self._answer(held)
-
     def _answer(self, packets: list[Packet]) -> None:
-        self._held_until = 0.0
         self._on_requests(packets)
         for packet in packets:
             self._acks.add(packet.envelope, wait=packet.envelope.body_type != BodyType.INDEX)
@@ -280,7 +242,7 @@ class ShardLink:
 
     @property
     def busy(self) -> bool:
-        return self._stream is not None or bool(self._in_flight) or bool(self._out) or bool(self._held)
+        return self._stream is not None or bool(self._in_flight) or bool(self._out)
 
     def _take(self, info: dict, body: bytes) -> None:
         """Commit documents handed over by another shard, then tell it."""
@@ -303,7 +265,6 @@ class ShardLink:
     # ---- leaving -----------------------------------------------------------------------
     def leave(self, now: float) -> bool:
         """Ask to leave; False when there is nothing to hand over and the shard may stop now."""
-        self.release()
         if self.shard_id not in self.members:
             return False
         self._leave_deadline = now + 3.0  # no answer from the middleman in time: just stop
@@ -317,12 +278,9 @@ class ShardLink:
         can_send = self._stream is not None and len(self._in_flight) < _MOVE_WINDOW
         if can_send or self._out:
             return 0.0
-        deadline = min(self._next_hello, self._leave_deadline or self._next_hello)
-        return min(deadline, self._held_until) if self._held else deadline
+        return min(self._next_hello, self._leave_deadline or self._next_hello)
 
     def on_timer(self, now: float) -> None:
-        if self._held and now >= self._held_until:
-            self.release()
         if now >= self._next_hello:
             self.hello()
             self._next_hello = now + link.HELLO_INTERVAL_S

@@ -21,7 +21,7 @@ import zmq.asyncio
 from ..encoder.requests import report_doc_errors
 from ..proto import WireError, pb
 from ..service.config import ServiceConfig
-from ..service.message import BodyType, Packet, body_type_of, error_response, parse_frames
+from ..service.message import BodyType, Packet, body_type_of, error_response, parse_bundle
 from ..service.reducer import Reducer
 from ..service.sockets import SocketSpec, SocketType, open_socket
 from ..service.validate import check_request
@@ -136,13 +136,14 @@ class PipelineSession:
                 return
             frames = sock.recv_multipart(zmq.NOBLOCK)
             try:
-                packet = parse_frames(frames[1:] if self._in_has_topic else frames)
+                packets = parse_bundle(frames[1:] if self._in_has_topic else frames)
             except WireError as exc:
                 self.log.warning("dropped a malformed answer: %s", exc)
                 continue
-            if packet.envelope.client_id == self.client_id:
-                for done in self.reducer.add(packet):
-                    self._deliver(done)
+            for packet in packets:
+                if packet.envelope.client_id == self.client_id:
+                    for done in self.reducer.add(packet):
+                        self._deliver(done)
         self._loop.call_soon(self._on_answers)
 
     async def _expire_partials(self) -> None:

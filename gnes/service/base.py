@@ -23,7 +23,17 @@ from ..elastic.link import REQ
 from ..elastic.worker_link import WorkerLink
 from ..proto import WireError
 from .config import ServiceConfig
-from .message import BodyType, Packet, answer_control, as_error, parse_frames, recv_packet, send_packet, stamp_route
+from .message import (
+    BodyType,
+    Packet,
+    answer_control,
+    as_error,
+    bundle_frames,
+    parse_bundle,
+    recv_packets,
+    send_packet,
+    stamp_route,
+)
 from .sockets import SocketType, bind_port, open_socket
 
 # Messages taken from the input per poll: amortises the poll call under load.
@@ -160,6 +170,26 @@ class BaseService:
             topic = packet.envelope.client_id.encode()
         self.send_blocking(self.out_sock, packet, topic)
 
+    def send_out_all(self, packets: list[Packet]) -> None:
+        """Send packets on, as one message where the way out is a plain PUSH socket (the shard's
+        answers of one group commit to the reducer: one send and one wake-up instead of one
+        each). A PUB (one topic per caller) or a dispatcher takes them one by one."""
+        if len(packets) < 2 or self._dispatcher is not None or self.out_sock is None or self._out_has_topic:
+            for packet in packets:
+                self.send_out(packet)
+            return
+        for packet in packets:
+            stamp_route(packet, self.name, self.identity)
+        frames = bundle_frames(packets)
+        while True:
+            try:
+                self.out_sock.send_multipart(frames)
+                return
+            except zmq.Again:
+                if self._stop.is_set():
+                    self.log.error("stopping: %d answers could not be passed on", len(packets))
+                    return
+
     def send_blocking(self, sock: zmq.Socket, packet: Packet, topic: bytes | None = None) -> None:
         """Send, waiting while the peer is full or absent: that wait is the backpressure
         that keeps queues bounded. A stop request ends the wait, and that loss is logged."""
@@ -281,9 +311,9 @@ class BaseService:
                     if frames[0] != REQ:
                         self._worker.on_control(frames)
                         continue
-                    packets.append(parse_frames(frames[1:]))
+                    packets.extend(parse_bundle(frames[1:]))
                 else:
-                    packets.append(recv_packet(sock, has_topic, zmq.NOBLOCK))
+                    packets.extend(recv_packets(sock, has_topic, zmq.NOBLOCK))
             except zmq.Again:
                 break
             except WireError as exc:

@@ -238,15 +238,16 @@ class IndexerService(BaseService):
     # ---- requests ----------------------------------------------------------------------
     def handle_all(self, packets: list[Packet]) -> None:
         requests: list[Packet] = []
+        passing: list[Packet] = []  # upstream errors on their way to their callers
         for packet in packets:
-            if packet.envelope.is_response:  # an upstream error on its way to the caller
-                self.send_out(packet)
+            if packet.envelope.is_response:
+                passing.append(packet)
             elif not self.rejected_by_mode(packet):
                 requests.append(packet)
         for packet, response in zip(requests, self.answer_all(requests), strict=True):
             packet.envelope.is_response = True
             packet.body = response.SerializeToString()
-            self.send_out(packet)
+        self.send_out_all(passing + requests)  # one message to the reducer for all of them
 
     def answer_all(self, packets: list[Packet]) -> list[pb.Response]:
         """Answer requests in order; a failure is answered with an ERROR response. Consecutive
