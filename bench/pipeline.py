@@ -13,7 +13,14 @@ QUERY_HOPS ZeroMQ hops between processes (one hop measured through a `gnes proxy
 figure's ratio is taken against what was measured in the same run. `--shards 1,3` runs a
 stack of each size; `--json` prints one JSON line with every figure instead of the table.
 
-    python bench/pipeline.py [--encoders hash,minilm] [--docs 10000] [--rounds 5] [--shards 3] [--json]
+`--transport ipc` (the default, as `gnes stack` runs) lets the stack's processes talk over Unix
+domain sockets (gnes/service/endpoints.py), `tcp` over loopback TCP; `tcp,ipc` runs a stack of
+each, one after the other. The hop is measured over both, and each stack's floor uses the hop of
+its own transport; `p50_of_tcp_floor` also gives the ratio to the TCP floor (the floor as issue 12
+first defined it).
+
+    python bench/pipeline.py [--encoders hash,minilm] [--docs 10000] [--rounds 5] [--shards 3]
+                             [--transport ipc] [--json]
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,7 +131,9 @@ def timed(call: Callable[[str], object], queries: list[str]) -> list[float]:
     return latencies
 
 
-def run_pair(name: str, docs: list[str], queries: list[str], shards: int, rounds: int) -> dict[str, object]:
+def run_pair(
+    name: str, docs: list[str], queries: list[str], shards: int, rounds: int, ipc: bool = True
+) -> dict[str, object]:
     """A stack of `shards` shards and the in-process baseline, taking turns: `rounds` rounds of
     indexing `docs` (fresh ids each round) by each, the first of each round alternating, and the
     queries after the first round. A rate on this shared VM drifts by up to 2x within minutes;
@@ -137,7 +147,9 @@ def run_pair(name: str, docs: list[str], queries: list[str], shards: int, rounds
         INDEXER_YAML_PATH=str(REPO / indexer_yaml),
     )
     with tempfile.TemporaryDirectory() as workdir:
-        stack = LocalStack.from_file(REPO / "compose/gnes-swarm.yml", workdir=workdir, overrides=overrides, quiet=True)
+        stack = LocalStack.from_file(
+            REPO / "compose/gnes-swarm.yml", workdir=workdir, overrides=overrides, quiet=True, ipc=ipc
+        )
         base = InProcess(name, Path(workdir))
         try:
             with stack, GnesClient(port=int(overrides["GRPC_PORT"]), timeout=600) as client:
@@ -186,23 +198,34 @@ def run_pair(name: str, docs: list[str], queries: list[str], shards: int, rounds
     }
 
 
-def zmq_hop_ms(rounds: int = 1000) -> float:
+def zmq_hop_ms(rounds: int = 1000, ipc: bool = False) -> float:
     """Median time of one ZeroMQ hop between gnes processes: a request and its envelope sent
-    through one `gnes proxy` process and back (two hops), halved."""
+    through one `gnes proxy` process and back (two hops), halved; over Unix sockets with `ipc`."""
     port_in, port_out = find_free_ports(2)
     command = [sys.executable, "-m", "gnes", "proxy", "--proxy_type", "ProxyService"]
     command += ["--socket_in", "PULL_BIND", "--port_in", str(port_in)]
     command += ["--socket_out", "PUSH_CONNECT", "--port_out", str(port_out)]
-    proxy = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    folder = tempfile.mkdtemp(prefix="gnes-ipc-", dir="/tmp") if ipc else None
+    env = {k: v for k, v in os.environ.items() if k != "GNES_IPC_DIR"}
+    if folder:
+        env["GNES_IPC_DIR"] = folder
     ctx = zmq.Context()
     out, back = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    proxy = None
     try:
         for sock in (out, back):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 10)
             sock.setsockopt(zmq.RCVHWM, 10)
-        back.bind(f"tcp://127.0.0.1:{port_out}")
-        out.connect(f"tcp://127.0.0.1:{port_in}")
+        back.bind(f"ipc://{folder}/{port_out}" if folder else f"tcp://127.0.0.1:{port_out}")  # before the proxy
+        proxy = subprocess.Popen(command, stderr=subprocess.DEVNULL, env=env)
+        if folder:
+            deadline = time.monotonic() + 60
+            while not Path(folder, str(port_in)).is_socket():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the proxy did not bind its ipc socket within 60 s")
+                time.sleep(0.05)
+        out.connect(f"ipc://{folder}/{port_in}" if folder else f"tcp://127.0.0.1:{port_in}")
         request = pb.Request(request_id=1)
         request.search.query.raw_text = "a short query text"
         request.search.top_k = TOP_K
@@ -222,8 +245,11 @@ def zmq_hop_ms(rounds: int = 1000) -> float:
         out.close()
         back.close()
         ctx.term()
-        proxy.terminate()
-        proxy.wait(30)
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(30)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
     return float(np.median(rounds_s)) * 1000 / 2
 
 
@@ -233,6 +259,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=10_000, help="documents per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of indexing, stack and in-process taking turns")
     parser.add_argument("--shards", default="3", help="shard counts, comma-separated: a stack of each")
+    parser.add_argument("--transport", default="ipc", help="ipc, tcp or tcp,ipc: how stacks talk")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
     say = (lambda *a, **k: None) if args.json else print
@@ -245,35 +272,51 @@ def main() -> None:
         f" baseline taking turns; {QUERIES} queries (top_k {TOP_K}) after {WARMUP} warm-up; stacks:"
         f" {args.shards} shards, local processes on loopback; {os.cpu_count()} cores"
     )
-    hop = zmq_hop_ms()
+    transports = args.transport.split(",")
+    if not set(transports) <= {"ipc", "tcp"}:
+        parser.error(f"--transport: ipc, tcp or both, not {args.transport!r}")
+    hops = {"tcp": zmq_hop_ms(), "ipc": zmq_hop_ms(ipc=True)}
     result: dict[str, object] = {
         "docs": args.docs,
         "rounds": args.rounds,
-        "hop_ms": round(hop, 4),
+        "hop_ms": round(hops["tcp"], 4),
+        "hop_ipc_ms": round(hops["ipc"], 4),
         "loadavg_1m": os.getloadavg()[0],
     }
     for name in args.encoders.split(","):
         figures: dict[str, object] = {}
         say(f"\n[{name}]            index docs/s (median)   of in-process: median (min-max)   query p50 / p99 ms")
         for shards in shard_counts:
-            pair = run_pair(name, docs, queries, shards, args.rounds)
-            floor = pair["frontend_p50_ms"] + QUERY_HOPS * hop
-            row = {k: round(v, 4) for k, v in pair.items()}
-            row.update(floor_ms=round(floor, 4), p50_of_floor=round(pair["p50_ms"] / floor, 4))
-            figures[f"{shards}_shards"] = row
-            say(
-                f"  in-process            {pair['inprocess_docs_per_s']:12.0f}"
-                f"   {'':33} {pair['inprocess_p50_ms']:7.3f} / {pair['inprocess_p99_ms']:.3f}"
-            )
-            say(
-                f"  stack, {shards} shard(s)     {pair['docs_per_s']:12.0f}"
-                f"   {row['index_of_inprocess']:.2f} ({row['index_of_inprocess_min']:.2f}-"
-                f"{row['index_of_inprocess_max']:.2f}){'':20} {pair['p50_ms']:7.3f} / {pair['p99_ms']:.3f}"
-                f"   p50 {row['p50_of_floor']:.2f} x the floor ({pair['frontend_p50_ms']:.3f} frontend"
-                f" + {QUERY_HOPS} x {hop:.3f} hop = {floor:.3f} ms)"
-            )
+            for transport in transports:
+                pair = run_pair(name, docs, queries, shards, args.rounds, ipc=transport == "ipc")
+                hop = hops[transport]
+                floor = pair["frontend_p50_ms"] + QUERY_HOPS * hop
+                tcp_floor = pair["frontend_p50_ms"] + QUERY_HOPS * hops["tcp"]
+                row: dict[str, object] = {k: round(v, 4) for k, v in pair.items()}
+                row.update(
+                    transport=transport,
+                    floor_ms=round(floor, 4),
+                    p50_of_floor=round(pair["p50_ms"] / floor, 4),
+                    p50_of_tcp_floor=round(pair["p50_ms"] / tcp_floor, 4),
+                )
+                figures[f"{shards}_shards" + ("" if len(transports) == 1 else f"_{transport}")] = row
+                say(
+                    f"  in-process            {pair['inprocess_docs_per_s']:12.0f}"
+                    f"   {'':33} {pair['inprocess_p50_ms']:7.3f} / {pair['inprocess_p99_ms']:.3f}"
+                )
+                say(
+                    f"  stack, {shards} shard(s), {transport} {pair['docs_per_s']:8.0f}"
+                    f"   {row['index_of_inprocess']:.2f} ({row['index_of_inprocess_min']:.2f}-"
+                    f"{row['index_of_inprocess_max']:.2f}){'':20} {pair['p50_ms']:7.3f} / {pair['p99_ms']:.3f}"
+                    f"   p50 {row['p50_of_floor']:.2f} x the floor ({pair['frontend_p50_ms']:.3f} frontend"
+                    f" + {QUERY_HOPS} x {hop:.3f} {transport} hop = {floor:.3f} ms;"
+                    f" {row['p50_of_tcp_floor']:.2f} x the TCP floor)"
+                )
         result[name] = figures
-    say(f"\none ZeroMQ hop between two gnes processes (through a gnes proxy and back, halved): {hop:.3f} ms")
+    say(
+        "\none ZeroMQ hop between two gnes processes (through a gnes proxy and back, halved):"
+        f" {hops['tcp']:.3f} ms over TCP, {hops['ipc']:.3f} ms over ipc"
+    )
     if args.json:
         print(json.dumps(result), flush=True)
 

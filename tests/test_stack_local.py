@@ -17,7 +17,7 @@ from conftest import gone, wait_for  # noqa: I001 (the tests folder is on sys.pa
 
 from gnes.cli import healthcheck
 from gnes.client import GnesClient
-from gnes.stack.compose import ProcessSpec, StackError, expand_stack, find_free_port
+from gnes.stack.compose import ProcessSpec, StackError, expand_stack, find_free_port, flag_value
 from gnes.stack.local import LocalStack, StackStartError, free_port_overrides
 from gnes.supervise import RestartPolicy
 
@@ -119,6 +119,54 @@ def hash_stack(tmp_path: Path):  # type: ignore[no-untyped-def]
     finally:
         stack.stop()
         assert_gone(stack.processes)
+
+
+def ipc_connections(folder: Path) -> dict[str, int]:
+    """Connected Unix sockets per socket file in `folder`, read from /proc/net/unix (the accepted
+    end of a connection carries the bound path; state 03 is connected)."""
+    counts = {path.name: 0 for path in folder.iterdir() if path.is_socket()}
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 8 and fields[5] == "03" and Path(fields[7]).parent == folder:
+            counts[Path(fields[7]).name] = counts.get(Path(fields[7]).name, 0) + 1
+    return counts
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_the_stack_connects_its_pipeline_over_unix_sockets_and_removes_them_at_stop(hash_stack) -> None:  # type: ignore[no-untyped-def]
+    stack = hash_stack
+    folder = stack._ipc_dir
+    assert folder is not None and folder.is_dir() and len(str(folder)) < 40
+    index_and_find(stack.grpc_port)
+    ports = {int(name) for name in ipc_connections(folder)}
+    # Every bound pipeline port of the stack file has its file beside its TCP port ...
+    pipeline_ports = {flag_port for spec in stack.specs for flag_port in bound_pipeline_ports(spec)}
+    assert len(pipeline_ports) >= 6 and ports == pipeline_ports, (ports, pipeline_ports)
+    # ... and every one of them has peers connected through it: no hop of the pipeline uses TCP.
+    connections = ipc_connections(folder)
+    assert all(count >= 1 for count in connections.values()), connections
+    # A process outside the stack (no GNES_IPC_DIR) still reaches the bound sockets over TCP: the client's
+    # gRPC call above went frontend -> income proxy, and the health checks reach every control port.
+    for spec in stack.specs:
+        assert healthcheck.check_ready(spec.ctrl_host, spec.ctrl_port, 5.0), spec.name
+    stack.stop()
+    assert not folder.exists(), "the stack's ipc folder outlives it"
+
+
+def bound_pipeline_ports(spec: ProcessSpec) -> list[int]:
+    """The ports a process binds for the pipeline (its --port_in/--port_out with a *_BIND socket, and the
+    middleman's --port_broadcast)."""
+    argv = spec.argv
+    ports = []
+    for side in ("in", "out"):
+        socket_type = flag_value(argv, f"--socket_{side}") or ""
+        port = flag_value(argv, f"--port_{side}")
+        if socket_type.endswith("_BIND") and port:
+            ports.append(int(port))
+    if (flag_value(argv, "--proxy_type") or "") == "ShardProxyService" and flag_value(argv, "--port_broadcast"):
+        ports.append(int(flag_value(argv, "--port_broadcast")))  # type: ignore[arg-type]
+    return ports
 
 
 @pytest.mark.e2e

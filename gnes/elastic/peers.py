@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..service.endpoints import bind_addresses, connect_address
 from . import link
 
 
@@ -131,8 +132,8 @@ def router_socket(ctx: zmq.Context, host: str, port: int, hwm: int) -> zmq.Socke
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-    host = "*" if host in ("0.0.0.0", "*") else host
-    sock.bind(f"tcp://{host}:{port}")
+    for address in bind_addresses(host, port):
+        sock.bind(address)
     return sock
 
 
@@ -148,7 +149,7 @@ def dealer_socket(ctx: zmq.Context, name: str, host: str, port: int, hwm: int) -
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
     sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-    sock.connect(f"tcp://{host}:{port}")
+    sock.connect(connect_address(host, port))
     return sock
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import zmq
 
+from .endpoints import bind_addresses, connect_address, tcp_address
+
 # A bound on queued messages per socket: a slow consumer pushes back on its producer
 # instead of letting memory grow without limit.
 DEFAULT_HWM = 1000
@@ -58,8 +60,8 @@ class SocketSpec:
 
     @property
     def address(self) -> str:
-        host = "*" if self.type.is_bind and self.host in ("0.0.0.0", "*") else self.host
-        return f"tcp://{host}:{self.port}"
+        """The TCP address (a bound socket may also bind ipc: see endpoints.py)."""
+        return tcp_address(self.host, self.port, self.type.is_bind)
 
 
 def open_socket(
@@ -80,15 +82,18 @@ def open_socket(
     if spec.type.zmq_type == zmq.SUB:
         for topic in subscribe:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
+    address = spec.address
     try:
         if spec.type.is_bind:
-            sock.bind(spec.address)
+            for address in bind_addresses(spec.host, spec.port):
+                sock.bind(address)
         else:
-            sock.connect(spec.address)
-    except zmq.ZMQError as exc:
+            address = connect_address(spec.host, spec.port)
+            sock.connect(address)
+    except (zmq.ZMQError, ValueError) as exc:
         sock.close(0)
         verb = "bind" if spec.type.is_bind else "connect"
-        raise OSError(f"cannot {verb} {spec.type.name} socket at {spec.address}: {exc}") from exc
+        raise OSError(f"cannot {verb} {spec.type.name} socket at {address}: {exc}") from exc
     return sock
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +22,7 @@ from types import TracebackType
 from typing import TextIO
 
 import gnes
+from gnes.service.endpoints import IPC_DIR_ENV
 from gnes.stack.argv import port_values
 from gnes.stack.compose import ProcessSpec, expand_stack, find_free_ports, flag_value
 from gnes.stack.replica import expand_replica
@@ -86,6 +89,7 @@ class LocalStack:
         output: TextIO | None = None,
         ready_check: ReadyCheck | None = None,
         replica_factory: ReplicaFactory | None = None,
+        ipc: bool | None = None,
     ) -> None:
         self.specs = list(specs)  # the running replicas (after start), in start order
         self.workdir = Path(workdir)
@@ -96,6 +100,11 @@ class LocalStack:
         self._output = output
         self._ready_check = ready_check
         self._replica_factory = replica_factory
+        # The processes of a local stack share this machine: their pipeline sockets also bind Unix
+        # domain sockets in one fresh folder, and peers connect there (gnes/service/endpoints.py).
+        # GNES_IPC=0 (or ipc=False) keeps them on TCP alone; a GNES_IPC_DIR already set is used as it is.
+        self.ipc = os.environ.get("GNES_IPC", "1") != "0" if ipc is None else ipc
+        self._ipc_dir: Path | None = None
         self._supervisor = Supervisor(on_event=self._emit, on_give_up=self._gave_up)
         self._live: dict[str, ManagedProcess] = {}  # supervised (running or waiting for a restart)
         self._launched: dict[str, ManagedProcess] = {}  # everything launched since start()
@@ -153,6 +162,9 @@ class LocalStack:
         if self._live:
             raise RuntimeError("this stack is already running")
         self._prepare(self.specs)
+        if self.ipc and IPC_DIR_ENV not in os.environ and self._ipc_dir is None:
+            # Short and fresh: a Unix socket path holds about 100 bytes, and no stale file may linger.
+            self._ipc_dir = Path(tempfile.mkdtemp(prefix="gnes-ipc-", dir="/tmp" if os.path.isdir("/tmp") else None))
         self._launched = {}
         self._stopped.clear()
         while not self._given_up.empty():
@@ -177,6 +189,9 @@ class LocalStack:
         graces = {spec.name: self._stop_grace(spec) for spec in self.specs}
         for proc in self._supervisor.terminate(procs, DEFAULT_STOP_GRACE, graces=graces):
             self._emit(f"{proc.name} did not stop within {graces.get(proc.name, DEFAULT_STOP_GRACE):g}s; killed it")
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None
 
     def wait(self) -> int:
         """Keep the stack up (crashed processes restart per their policy) until Ctrl-C/SIGTERM (returns 0) or
@@ -285,6 +300,8 @@ class LocalStack:
         # The children must import the same gnes as this process, installed or not.
         package_root = str(Path(gnes.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        if self._ipc_dir is not None:
+            env.setdefault(IPC_DIR_ENV, str(self._ipc_dir))
         launch = LaunchSpec(
             spec.name,
             [sys.executable, "-m", "gnes", *spec.argv],
