@@ -24,6 +24,15 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 
+# Fashion-MNIST (tests/test_image_chain.py, bench/recall.py): Debian's dataset-fashion-mnist (root, apt).
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }
+  else
+    echo "setup: dataset-fashion-mnist is missing (apt-get install dataset-fashion-mnist, as root)" >&2
+  fi
+fi
+
 # GNES 0.0.47 needs Cython < 3 to build and protobuf < 3.21 to run; it lives in its own venv.
 if [ ! -x .venv-gnes047/bin/gnes ]; then
   "$PY" -m venv .venv-gnes047

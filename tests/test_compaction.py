@@ -203,7 +203,10 @@ def test_shards_compact_on_the_admin_command_and_the_cli(tmp_path: Path, capsys:
         assert f"compacted v: {8 * BULK} segment rows -> {4 * BULK}" in capsys.readouterr().out
         after = client.search("v", queries, top_k=5)
         np.testing.assert_array_equal(after.ids, before.ids)
-        np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
+        # L2 distances come from |q|^2 + |x|^2 - 2 q.x in float32, then a square root: a row at
+        # distance 0 read from another place in memory may round to 1e-5 in the square (0.004 after
+        # the root, seen once), so the squares are compared, to that rounding.
+        np.testing.assert_allclose(after.scores**2, before.scores**2, rtol=1e-5, atol=1e-4)
         assert client.count("v") == 4 * BULK
         assert sum(shard["segment_rows"] for shard in client.state("v")["shards"]) == 4 * BULK
         with pytest.raises(Exception, match="no index"):
