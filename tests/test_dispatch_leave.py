@@ -43,7 +43,6 @@ class Proxy:
         self.dispatcher = WorkDispatcher(lambda: False)
         self.router, self.monitor = self.dispatcher.open(ctx, "127.0.0.1", self.port, 100)
         self.links: list[WorkerLink] = []
-        self.unread: dict[str, list[list[bytes]]] = {}  # work frames that came with an earlier one
 
     def serve(self, until: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
         def step() -> bool:
@@ -64,24 +63,24 @@ class Proxy:
         return worker
 
     def take(self, worker: WorkerLink, timeout: float = 5.0) -> list[bytes] | None:
-        """The next work frames (envelope, body) that `worker` gets (BYE read on the way), or None
-        within `timeout`. One message may carry several: the rest wait for the next take."""
-        got = self.unread.setdefault(worker.name, [])
+        """The next work frames that `worker` gets (BYE read on the way), or None within `timeout`."""
+        got: list[list[bytes]] = []
 
         def arrived() -> bool:
-            while not got and worker.sock.poll(0):
+            while worker.sock.poll(0):
                 frames = worker.sock.recv_multipart()
                 if frames[0] != link.REQ:
                     worker.on_control(frames)
                     continue
-                got.extend(frames[i : i + 2] for i in range(1, len(frames), 2))
-            return bool(got)
+                got.append(frames[1:])
+                return True
+            return False
 
         try:
             self.serve(arrived, f"work for {worker.name}", timeout)
         except AssertionError:
             return None
-        return got.pop(0)
+        return got[0]
 
     def quits(self, worker: WorkerLink, linger: int | None = None) -> None:
         """The encoder's process ends (linger 0: killed); until the dispatcher has it as not live."""

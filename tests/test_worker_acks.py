@@ -99,27 +99,3 @@ def test_a_leaving_worker_acknowledges_queries_at_once(linked) -> None:  # type:
     worker.acknowledge([after], 0.0)
     assert in_flight_after_reading(dispatcher, router, worker) is None, "let go: it holds nothing"
     assert sock.poll(5000) and sock.recv_multipart()[0] == link.BYE
-
-
-def test_what_one_pump_hands_a_worker_leaves_as_one_message_within_its_window(linked) -> None:  # type: ignore[no-untyped-def]
-    dispatcher, router, worker, sock = linked
-    writes = [_packet(i, BodyType.INDEX) for i in range(1, dispatcher.window + 3)]
-    for packet in writes:
-        dispatcher.submit(packet, pump=False)  # as the service queues one turn's messages
-    assert not sock.poll(200), "nothing leaves before the pump"
-    dispatcher.pump()
-    assert sock.poll(5000)
-    frames = sock.recv_multipart()
-    assert frames[0] == link.REQ and len(frames) == 1 + 2 * dispatcher.window, "one message, a window's worth"
-    sent = [pb.Envelope.FromString(frames[i]).request_id for i in range(1, len(frames), 2)]
-    assert sent == list(range(1, dispatcher.window + 1)) and not sock.poll(200)
-    assert dispatcher.pending == 2
-    worker.acknowledge(writes[:3], 0.0)  # three slots free: the two that waited leave together
-    assert in_flight_after_reading(dispatcher, router, worker) == set(range(4, dispatcher.window + 3))
-    assert sock.poll(5000)
-    frames = sock.recv_multipart()
-    assert [pb.Envelope.FromString(frames[i]).request_id for i in (1, 3)] == [
-        dispatcher.window + 1,
-        dispatcher.window + 2,
-    ]
-    assert len(frames) == 5

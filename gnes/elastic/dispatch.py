@@ -93,15 +93,12 @@ class WorkDispatcher:
         """Enough is waiting: the proxy stops reading its input until workers catch up."""
         return self.pending >= self.max_pending
 
-    def submit(self, packet: Packet, pump: bool = True) -> None:
-        """Queue a message for a worker; `pump=False` leaves the sending to the next pump(), so
-        that what one turn of the service queued leaves together (the service loop pumps every turn)."""
+    def submit(self, packet: Packet) -> None:
         model = _queue_of(packet.envelope)
         if model and model not in self.models and self.workers:
             packet, model = self._refuse(packet, model), _ANY
         self.queues.setdefault(model, deque()).append(packet)
-        if pump:
-            self.pump()
+        self.pump()
 
     def _refuse(self, packet: Packet, model: str) -> Packet:
         self.unknown_model += 1
@@ -110,11 +107,6 @@ class WorkDispatcher:
         return as_error(packet, f"no encoder serves the model {model!r} (models served: {served})")
 
     def pump(self) -> None:
-        """Hand out what waits, within each worker's window. What one worker gets in one pump
-        leaves as one REQ message of [envelope, body] pairs: every message costs a send, a
-        receive and a wake-up on both sides, which on 2 cores cost about as much CPU as a hash
-        encoder's work on a request of 100 documents."""
-        bundles: dict[str, list[bytes]] = {}
         for model, queue in list(self.queues.items()):
             while queue:
                 worker = self._least_busy(model)
@@ -123,11 +115,9 @@ class WorkDispatcher:
                 packet = queue.popleft()
                 env = packet.envelope
                 worker.in_flight[link.part_key(env.client_id, env.request_id, env.part_ids)] = packet
-                bundles.setdefault(worker.name, [link.REQ]).extend((env.SerializeToString(), packet.body))
-        for name, frames in bundles.items():
-            if name in self.workers and not send_to(self.router, name, frames, self._stopping):
-                # What it was given is in its in_flight: handed to the others once it counts as down.
-                self.peers.down(self.peers.table[name], "its connection is gone")
+                frames = [link.REQ, env.SerializeToString(), packet.body]
+                if not send_to(self.router, worker.name, frames, self._stopping):
+                    self.peers.down(self.peers.table[worker.name], "its connection is gone")
 
     def _least_busy(self, model: str | None) -> _Worker | None:
         best = None

@@ -65,7 +65,6 @@ class BaseService:
         self.out_sock: zmq.Socket | None = None
         self._out_has_topic = False
         self._dispatcher: WorkDispatcher | None = None  # --socket_out ROUTER_BIND
-        self._collect: list[Packet] | None = None  # a worker's results of one drain, sent on together
         self._worker: WorkerLink | None = None  # --socket_in DEALER_CONNECT
         self._leaving = False
 
@@ -160,12 +159,9 @@ class BaseService:
         self._poller.register(sock, zmq.POLLIN)
 
     def send_out(self, packet: Packet, topic: bytes | None = None) -> None:
-        if self._collect is not None and topic is None:
-            self._collect.append(packet)  # sent with the others of its drain (send_out_all stamps it)
-            return
         stamp_route(packet, self.name, self.identity)
         if self._dispatcher is not None:
-            self._dispatcher.submit(packet, pump=False)  # the loop pumps after this turn: one message a worker
+            self._dispatcher.submit(packet)
             return
         if self.out_sock is None:
             self.log.error("request %d has no way out: --socket_out is NONE", packet.envelope.request_id)
@@ -329,17 +325,9 @@ class BaseService:
         if self._worker is None:
             self.handle_all(packets)
             return
-        # A worker (an encoder) handles what one drain took (at most the dispatcher's window), sends
-        # the results on as one message where its way out allows, and only then acknowledges them
-        # all: an acknowledged message is one whose result has left. A long encode sends HELLOs
-        # meanwhile (the encoder's keepalive), so the dispatcher does not take it for dead.
-        self._collect = []
-        try:
-            self.handle_all(packets)
-        finally:
-            collected, self._collect = self._collect, None
-            self.send_out_all(collected)
-        self._worker.acknowledge(packets, time.monotonic())
+        for packet in packets:  # each acknowledged once done: the dispatcher hears from us meanwhile
+            self.handle_all([packet])
+            self._worker.acknowledge([packet], time.monotonic())
 
     def handle_all(self, packets: list[Packet]) -> None:
         """Everything one drain of a socket took, in arrival order. A service that gains by
