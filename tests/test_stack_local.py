@@ -154,6 +154,33 @@ def test_the_stack_connects_its_pipeline_over_unix_sockets_and_removes_them_at_s
     assert not folder.exists(), "the stack's ipc folder outlives it"
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_a_binder_killed_with_sigkill_comes_back_on_its_unix_sockets_and_its_peers_reconnect(hash_stack) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 leaves the outgoing proxy's socket files behind; its restart binds them again, and the
+    shards (PUSH) and the frontend (SUB) that connected over ipc reach it again."""
+    stack, output = hash_stack, hash_stack._output
+    folder = stack._ipc_dir
+    first = stack.processes["outgoing-proxy.1"]
+    os.killpg(first.pid, signal.SIGKILL)
+    wait_for(lambda: "outgoing-proxy.1 restarted as pid" in output.text(), 30, "the restart")
+    spec = next(s for s in stack.specs if s.name == "outgoing-proxy.1")
+    wait_for(lambda: healthcheck.check_ready(spec.ctrl_host, spec.ctrl_port, 1.0), 30, "the restarted proxy")
+    # Answers may be lost while it is down (callers get a timeout); once it is back they flow again.
+    wait_for(lambda: _answers(stack.grpc_port), 30, "an answer through the restarted proxy")
+    index_and_find(stack.grpc_port, [f"after the proxy restart {i}" for i in range(10)])
+    assert all(count >= 1 for count in ipc_connections(folder).values()), ipc_connections(folder)
+
+
+def _answers(grpc_port: int) -> bool:
+    try:
+        with GnesClient(port=grpc_port, timeout=3) as client:
+            client.query("is anyone there", top_k=1)
+        return True
+    except Exception:  # a timeout while the connections come back
+        return False
+
+
 def bound_pipeline_ports(spec: ProcessSpec) -> list[int]:
     """The ports a process binds for the pipeline (its --port_in/--port_out with a *_BIND socket, and the
     middleman's --port_broadcast)."""
