@@ -6,6 +6,7 @@ import dataclasses
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from conftest import gone, wait_for  # noqa: I001 (the tests folder is on sys.pa
 from gnes.cli import healthcheck
 from gnes.client import GnesClient
 from gnes.stack.compose import ProcessSpec, StackError, expand_stack, find_free_port, flag_value
-from gnes.stack.local import LocalStack, StackStartError, free_port_overrides
+from gnes.stack.local import LocalStack, StackStartError, _fresh_ipc_dir, free_port_overrides
 from gnes.supervise import RestartPolicy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -274,6 +275,14 @@ def test_gnes_stack_scales_through_its_work_dir_and_kill_9_of_it_leaves_no_servi
         stack.kill()  # kill -9 the supervisor: no chance to stop anything itself
         stack.wait()
         wait_for(lambda: all(gone(pid) for pid in pids), 5, f"every service of the stack gone ({running})")
+        # Its Unix socket folder outlived it; the next stack on this machine removes it.
+        left = list(Path("/tmp").glob(f"gnes-ipc-{stack.pid}-*"))
+        assert len(left) == 1 and any(p.is_socket() for p in left[0].iterdir()), left
+        fresh = _fresh_ipc_dir()
+        try:
+            assert not left[0].exists(), "a new stack removes the folder of a dead one"
+        finally:
+            shutil.rmtree(fresh)
     finally:
         stack.kill()
         stack.wait()

@@ -66,6 +66,28 @@ def free_port_overrides(**extra: str) -> dict[str, str]:
     return overrides
 
 
+def _fresh_ipc_dir() -> Path:
+    """A new folder for the stack's Unix sockets: short (a socket path holds about 100 bytes), named
+    after this process, so that the folders of stacks killed with kill -9 (their pid gone) are
+    removed here instead of piling up."""
+    parent = Path("/tmp") if os.path.isdir("/tmp") else Path(tempfile.gettempdir())
+    for old in parent.glob("gnes-ipc-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"gnes-ipc-{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class StackStartError(RuntimeError):
     """A process of the stack exited or did not become ready in time; the message holds its last log lines."""
 
@@ -163,8 +185,7 @@ class LocalStack:
             raise RuntimeError("this stack is already running")
         self._prepare(self.specs)
         if self.ipc and IPC_DIR_ENV not in os.environ and self._ipc_dir is None:
-            # Short and fresh: a Unix socket path holds about 100 bytes, and no stale file may linger.
-            self._ipc_dir = Path(tempfile.mkdtemp(prefix="gnes-ipc-", dir="/tmp" if os.path.isdir("/tmp") else None))
+            self._ipc_dir = _fresh_ipc_dir()
         self._launched = {}
         self._stopped.clear()
         while not self._given_up.empty():
