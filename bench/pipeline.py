@@ -47,6 +47,7 @@ from gnes.encoder.base import BaseEncoder
 from gnes.indexer.config import IndexConfig
 from gnes.indexer.logical import LogicalIndex
 from gnes.proto import pb
+from gnes.service.endpoints import IPC_DIR_ENV
 from gnes.service.message import BodyType
 from gnes.stack.compose import find_free_ports
 from gnes.stack.local import LocalStack, free_port_overrides
@@ -206,9 +207,9 @@ def zmq_hop_ms(rounds: int = 1000, ipc: bool = False) -> float:
     command += ["--socket_in", "PULL_BIND", "--port_in", str(port_in)]
     command += ["--socket_out", "PUSH_CONNECT", "--port_out", str(port_out)]
     folder = tempfile.mkdtemp(prefix="gnes-ipc-", dir="/tmp") if ipc else None
-    env = {k: v for k, v in os.environ.items() if k != "GNES_IPC_DIR"}
+    env = {k: v for k, v in os.environ.items() if k != IPC_DIR_ENV}
     if folder:
-        env["GNES_IPC_DIR"] = folder
+        env[IPC_DIR_ENV] = folder
     ctx = zmq.Context()
     out, back = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
     proxy = None

@@ -13,11 +13,13 @@ import sys
 import threading
 from pathlib import Path
 
+import grpc
 import pytest
 from conftest import gone, wait_for  # noqa: I001 (the tests folder is on sys.path)
 
 from gnes.cli import healthcheck
 from gnes.client import GnesClient
+from gnes.client.grpc_client import GnesError
 from gnes.stack.compose import ProcessSpec, StackError, expand_stack, find_free_port, flag_value
 from gnes.stack.local import LocalStack, StackStartError, _fresh_ipc_dir, free_port_overrides
 from gnes.supervise import RestartPolicy
@@ -178,7 +180,7 @@ def _answers(grpc_port: int) -> bool:
         with GnesClient(port=grpc_port, timeout=3) as client:
             client.query("is anyone there", top_k=1)
         return True
-    except Exception:  # a timeout while the connections come back
+    except (GnesError, grpc.RpcError):  # an error or a timeout while the connections come back
         return False
 
 

@@ -42,15 +42,6 @@ class Middleman:
         self.router.send_multipart([b"s1", link.REQ, *frames])
         return list(range(self.next_id - count + 1, self.next_id + 1))
 
-    def acks(self) -> list[int]:
-        """The request ids acknowledged so far (HELLOs skipped)."""
-        got = []
-        while self.router.poll(200):
-            _, kind, *frames = self.router.recv_multipart()
-            if kind == link.ACK:
-                got.extend(request_id for _, request_id, _ in link.acked_parts(frames))
-        return got
-
 
 @pytest.fixture
 def pair() -> Iterator[tuple[ShardLink, Middleman, list[list[int]]]]:

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import zmq
 
@@ -180,26 +181,22 @@ class BaseService:
             return
         for packet in packets:
             stamp_route(packet, self.name, self.identity)
-        frames = bundle_frames(packets)
-        while True:
-            try:
-                self.out_sock.send_multipart(frames)
-                return
-            except zmq.Again:
-                if self._stop.is_set():
-                    self.log.error("stopping: %d answers could not be passed on", len(packets))
-                    return
+        frames, sock = bundle_frames(packets), self.out_sock
+        self._send_waiting(lambda: sock.send_multipart(frames), f"{len(packets)} answers")
 
     def send_blocking(self, sock: zmq.Socket, packet: Packet, topic: bytes | None = None) -> None:
+        self._send_waiting(lambda: send_packet(sock, packet, topic), f"request {packet.envelope.request_id}")
+
+    def _send_waiting(self, send: Callable[[], None], what: str) -> None:
         """Send, waiting while the peer is full or absent: that wait is the backpressure
         that keeps queues bounded. A stop request ends the wait, and that loss is logged."""
         while True:
             try:
-                send_packet(sock, packet, topic)
+                send()
                 return
             except zmq.Again:
                 if self._stop.is_set():
-                    self.log.error("stopping: request %d could not be passed on", packet.envelope.request_id)
+                    self.log.error("stopping: %s could not be passed on", what)
                     return
 
     def fail(self, packet: Packet, reason: str) -> None:

@@ -7,7 +7,7 @@ a socket that connects to a port on this machine connects to ``ipc://DIR/port`` 
 is there (its binder is up), and to TCP otherwise. The port number names the file, so a stack
 whose ports do not collide has no colliding files, and a peer outside the folder's reach (a
 container, another host, a process started without the variable) still reaches every bound
-socket by TCP. Why: on loopback, one ZeroMQ round trip between two processes took 90-120 us over
+socket by TCP. Why: on loopback, one ZeroMQ round trip between two processes took 90-121 us over
 ipc against 131-138 us over TCP, and 40-59 us of the sender's CPU against 62-70 (pyzmq, 2-core
 VM); a query crosses 6 such hops and every indexed request as many.
 
