@@ -64,9 +64,15 @@ def run(args: argparse.Namespace) -> int:
                 print(f"saved {args.name}")
             elif args.action == "compact":
                 shards = client.compact(args.name)
-                before = sum(info["segment_rows_before"] for shard in shards for info in shard.values())
-                after = sum(info["segment_rows"] for shard in shards for info in shard.values())
-                print(f"compacted {args.name}: {before} segment rows -> {after}")
+                figures = [info for shard in shards for info in shard.values()]
+                before = sum(info["segment_rows_before"] for info in figures)
+                after = sum(info["segment_rows"] for info in figures)
+                took = max((info.get("seconds", 0.0) for info in figures), default=0.0)
+                blocked = max((info.get("blocked_seconds", 0.0) for info in figures), default=0.0)
+                print(
+                    f"compacted {args.name}: {before} segment rows -> {after}"
+                    f" ({took:.2f} s; the shards answered nothing for at most {blocked:.2f} s)"
+                )
             elif args.action == "load":
                 client.load(args.name)
                 print(f"reloaded {args.name} from disk")

@@ -232,11 +232,23 @@ class IndexClient:
 
         return [json.loads(r.admin.info_json)["reserved"] for r in self._call_all(make)]
 
-    def compact(self, name: str = "") -> list[dict[str, dict[str, int]]]:
+    def compact(
+        self, name: str = "", timeout: float = 3600.0, interval: float = 0.2
+    ) -> list[dict[str, dict[str, Any]]]:
         """Reclaim the segment rows of replaced and deleted vectors (every index when name is
-        empty); per shard, index -> its segment rows before and after. Each shard answers
-        nothing else while it copies its live rows."""
-        return [info["compacted"] for info in self._admin(Admin.COMPACT, name)]
+        empty) and wait until every shard has; per shard, index -> its segment rows before and
+        after, seconds taken and seconds the shard answered nothing (the final commit). The
+        shards copy in the background and keep answering meanwhile."""
+        started = self._admin(Admin.COMPACT, name)
+        names = sorted({index for info in started for index in info["compacting"]})
+        deadline = time.monotonic() + timeout
+        while True:
+            shards = [info["indexes"] for info in self._admin(Admin.STATS, name)]
+            if not any(shard[index]["compacting"] for shard in shards for index in names):
+                return [{index: shard[index]["last_compaction"] or {} for index in names} for shard in shards]
+            if time.monotonic() > deadline:
+                raise IndexClientError(f"the compaction of {names} did not end within {timeout:.0f} s")
+            time.sleep(interval)
 
     def load(self, name: str) -> None:
         """Re-open the index on every shard from its directory: last snapshot plus log."""

@@ -80,6 +80,9 @@ class IndexSet:
     def is_training(self) -> bool:
         return any(index.vectors.is_training for index in self._indexes.values())
 
+    def is_compacting(self) -> bool:
+        return any(index.store.compaction is not None for index in self._indexes.values())
+
     def save(self) -> None:
         for index in self._indexes.values():
             index.save()

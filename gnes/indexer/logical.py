@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,8 @@ class LogicalIndex:
             # What the last open cost: ids re-added from the log after the snapshot, and
             # vectors re-added from the store alone (no snapshot). Tests bound the first.
             self.replayed = self.rebuilt = 0
+            # The last compaction's figures (rows before and after, seconds, blocked seconds).
+            self.last_compaction: dict[str, Any] | None = None
             self._recover()
         except BaseException:
             self.store.close()
@@ -404,16 +407,48 @@ class LogicalIndex:
             "chunks": len(self.chunks),  # chunk vectors beside the documents (gnes/indexer/chunks.py)
             # Rows in the segment file, those of replaced or deleted ids included: `compact` reclaims them.
             "segment_rows": self.store.segment_rows,
+            "compacting": self.store.compaction is not None,
+            "last_compaction": self.last_compaction,
         }
 
     def compact(self) -> dict[str, int]:
         """Reclaim the segment rows of replaced, deleted and handed-over ids (the store rewrites
-        the file with the live rows only); the index answers exactly as before."""
-        before, moved = self.store.compact()
-        if moved is None:
-            return {"segment_rows_before": before, "segment_rows": before}
-        self.vectors.renumber_stored(moved, np.arange(len(moved), dtype=np.int64))
-        return {"segment_rows_before": before, "segment_rows": len(moved)}
+        the file with the live rows only) and wait for it; the index answers exactly as before.
+        Returns the segment rows before and after (`last_compaction` has its times too)."""
+        self.start_compact()
+        compaction = self.store.compaction
+        if compaction is not None:
+            compaction.wait()
+            self._finish_compact()
+        figures = self.last_compaction or {}
+        return {key: figures[key] for key in ("segment_rows_before", "segment_rows")}
+
+    def start_compact(self) -> bool:
+        """Start a compaction in the background (gnes/indexer/compaction.py): searches and
+        writes go on, and `poll` commits it once the copy is done. False if one is under way."""
+        if self.store.compaction is not None:
+            return False
+        rows = self.store.segment_rows
+        if self.store.begin_compact() is None:
+            self.last_compaction = {"segment_rows_before": rows, "segment_rows": rows}
+        return True
+
+    def _finish_compact(self) -> None:
+        compaction = self.store.compaction
+        assert compaction is not None
+        started = compaction.started
+        blocked = time.monotonic()
+        before, ids, rows = self.store.finish_compact()
+        if ids is not None and rows is not None:
+            self.vectors.renumber_stored(ids, rows)
+        now = time.monotonic()
+        self.last_compaction = {
+            "segment_rows_before": before,
+            "segment_rows": self.store.segment_rows,
+            "seconds": round(now - started, 3),
+            # How long the owner (a shard's loop) answered nothing: the tail and the commit.
+            "blocked_seconds": round(now - blocked, 3),
+        }
 
     # ---- training and snapshots --------------------------------------------------------
     def train_now(self) -> bool:
@@ -428,6 +463,9 @@ class LogicalIndex:
         """Called often by the owner: swaps in a finished background training, then saves it
         so that a restart does not train again."""
         self.chunks.poll()
+        compaction = self.store.compaction
+        if compaction is not None and compaction.done:
+            self._finish_compact()
         if self.vectors.poll():
             self.save()
 

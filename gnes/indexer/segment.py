@@ -9,7 +9,7 @@ The file is only trusted up to `committed` rows, a count the LMDB transaction th
 write durable stores with the rows' ids: a crash between the two leaves rows past it that no
 id refers to, and `open` cuts them off. A row is never rewritten (an update appends a new
 row), so a reader never sees a row change under it. Rows of replaced or deleted ids stay as
-garbage until the file is compacted (not done yet: see `dead_rows`).
+garbage until the file is compacted (gnes/indexer/compaction.py).
 
 `view()` maps the file once with room to grow (address space only): a flat index searches
 its rows right there (gnes/indexer/stored_rows.py), so a bulk load writes each vector once,

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from .checks import check_doc_ids, check_strings
+from .compaction import Compaction, copy_tail, untouched
 from .segment import DTYPES, SegmentFile
 
 _DOC_VERSION = b"\x01"
 _HEADER = 5
 _OP_PUT, _OP_DELETE = b"P", b"D"
 _MAX_MAP_BYTES = 1 << 40
-_COMPACT_ROWS = 65536  # rows copied at a time by `compact`
 _COMMIT_GROUP = 16  # begun writes committed together at most (one fdatasync, one transaction)
 # The default LMDB map is 64 GiB of address space (the file grows only as pages are used):
 # growing the map needs no transaction open in the process, and writes commit in the writer
@@ -174,6 +174,7 @@ class IndexStore:
             self._rows_written = 0  # row writes done by the first writer thread (it alone counts)
             self._writer: threading.Thread | None = None
             self._committer: threading.Thread | None = None
+            self._compaction: Compaction | None = None
             if new_file and sync:
                 fsync_path(path)  # the file itself must survive a machine crash, not only its rows
             self._write(lambda txn: txn.put(_DTYPE, dtype.encode(), db=self._meta))
@@ -219,46 +220,98 @@ class IndexStore:
         """Rows in the segment file, those of replaced or deleted ids included (until `compact`)."""
         return self._segment.committed
 
-    def compact(self) -> tuple[int, np.ndarray | None]:
-        """Rewrite the segment file with only the rows that ids still name, in row order, and
-        give those ids their new row numbers; (rows before, the ids now at rows 0..n-1, or None
-        when no row was dead). Crash-safe: the new
-        file is written and synced first, and one LMDB commit maps every id to it and names
+    @property
+    def compaction(self) -> Compaction | None:
+        """The compaction under way, if any (gnes/indexer/compaction.py)."""
+        return self._compaction
+
+    def begin_compact(self) -> Compaction | None:
+        """Start rewriting the segment file with only the rows that ids still name, in a thread;
+        searches and writes go on meanwhile. None when the file is empty. The owner calls
+        `finish_compact` once `done`, between writes (see compaction.py)."""
+        self._no_pending()
+        if self._compaction is not None:
+            return self._compaction
+        before = self._segment.committed
+        if before == 0:
+            return None
+        gen = 1 + _segment_generation(self._segment.path.name)
+        name = f"vectors-{self._dtype_name}.{gen}.seg"
+        job = Compaction(
+            self._path / name,
+            self.dim,
+            self._dtype_name,
+            self._sync,
+            before,
+            self._segment.view(),
+            self._segment_ids,
+        )
+        self._compaction = job
+        return job
+
+    def finish_compact(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """Commit a compaction whose copy is done: (rows before, the ids that moved, their new
+        rows), or (rows, None, None) where no row was dead when it began. Crash-safe: the new
+        file is complete and synced first, and one LMDB commit maps every id to it and names
         it; a file that commit does not name is removed at the next open. The log is not
         touched: every id keeps its vector, only where it lives changes."""
         self._no_pending()
-        before = self._segment.committed
-        ids, rows = self._segment_ids()
-        if len(rows) == before:
-            return before, None
-        gen = 1 + _segment_generation(self._segment.path.name)
-        name = f"vectors-{self._dtype_name}.{gen}.seg"
-        fresh = SegmentFile(self._path / name, self.dim, self._dtype_name, 0, sync=self._sync)
+        job = self._compaction
+        if job is None or not job.done:
+            raise RuntimeError("no compaction has finished its copy")
+        self._compaction = None
         try:
-            view = self._segment.view()
-            for start in range(0, len(rows), _COMPACT_ROWS):  # a gather copy of bounded size each time
-                fresh.write(view[rows[start : start + _COMPACT_ROWS]], start, sync=False)
-            del view  # it points into the old file's mapping, unmapped below
-            fresh.flush()
+            if job.error is not None:
+                raise job.error
+            if len(job.ids) == job.before:  # every row was live: the copy is dropped
+                job.discard()
+                return self._segment.committed, None, None
+            keep = untouched(job.ids, job.touched)
+            ids, rows = job.ids[keep], np.flatnonzero(keep).astype(np.int64)
+            touched = np.unique(np.concatenate(job.touched)) if job.touched else np.zeros(0, dtype=np.int64)
+            tail = self._segment.committed - job.before
+            moved, new_rows = job.new_rows(self.rows_of(touched), tail)
+            copy_tail(job.fresh, self._segment.view()[job.before :], len(job.ids))
+            job.fresh.flush()
             if self._sync:
                 fsync_path(self._path)  # the new file's name survives a machine crash
+            ids, rows = np.concatenate([ids, touched[moved]]), np.concatenate([rows, new_rows])
+            total = len(job.ids) + tail
+            name = job.path.name
 
             def work(txn: Any) -> None:
-                txn.cursor(db=self._rows).putmulti(zip(id_keys(ids), _row_values(0, len(ids)), strict=True))
-                txn.put(_COMMITTED, len(ids).to_bytes(8, "little"), db=self._meta)
+                order = np.argsort(ids, kind="stable")  # LMDB puts in key order
+                values = rows[order].astype("<u8").tobytes()
+                locations = [values[i : i + 8] for i in range(0, len(values), 8)]
+                txn.cursor(db=self._rows).putmulti(zip(id_keys(ids[order]), locations, strict=True))
+                txn.put(_COMMITTED, total.to_bytes(8, "little"), db=self._meta)
                 txn.put(_SEGMENT, name.encode(), db=self._meta)
 
             self._write(work)
         except BaseException:
-            fresh.close()
-            (self._path / name).unlink(missing_ok=True)
+            job.discard()
             raise
-        fresh.mark_committed(len(ids))
-        old, self._segment = self._segment, fresh
-        self._next_row = len(ids)
+        job.fresh.mark_committed(total)
+        old, self._segment = self._segment, job.fresh
+        self._next_row = total
         old.close()
         old.path.unlink(missing_ok=True)
-        return before, ids
+        return job.before, ids, rows
+
+    def compact(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """`begin_compact`, wait for the copy, `finish_compact`: (rows before, moved ids, their
+        new rows), or (rows, None, None) when no row was dead."""
+        before = self._segment.committed
+        job = self.begin_compact()
+        if job is None:
+            return before, None, None
+        job.wait()
+        return self.finish_compact()
+
+    def cancel_compact(self) -> None:
+        if self._compaction is not None:
+            job, self._compaction = self._compaction, None
+            job.cancel()
 
     def _segment_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """The ids whose vectors are segment rows, and those rows, in row order."""
@@ -442,6 +495,8 @@ class IndexStore:
             return int(txn.stat(self._rows)["entries"])
 
         self._count = self._write(work)
+        if self._compaction is not None:  # the compaction looks these ids up again (compaction.py)
+            self._compaction.touched.extend(pending.ids for pending in group)
         if content:
             self._content = True
         self._segment.mark_committed(total)
@@ -471,6 +526,8 @@ class IndexStore:
             return existed
 
         existed = self._write(work)
+        if self._compaction is not None:
+            self._compaction.touched.append(ids)
         self._count -= len(existed)
         self._seq = seq
         return seq, np.asarray(existed, dtype=np.int64)
@@ -589,6 +646,8 @@ class IndexStore:
                 self._env.set_mapsize(size)
 
     def close(self) -> None:
+        if getattr(self, "_compaction", None) is not None:
+            self.cancel_compact()  # the old file stays named: nothing is lost
         writer = getattr(self, "_writer", None)
         if writer is not None:  # what was begun is committed first (nobody waits for it, though)
             self._queue.put(None)

@@ -195,7 +195,7 @@ class IndexerService(BaseService):
                 self.indexes.close()
 
     def next_deadline(self) -> float | None:
-        # While an index trains in the background, look every 50 ms whether it has finished;
+        # While an index trains or compacts in the background, look every 50 ms whether it is done;
         # otherwise wake only for periodic saves, and for the link's hello and handover.
         deadlines = []
         if self.link is not None:
@@ -204,7 +204,7 @@ class IndexerService(BaseService):
                 deadlines.append(0.0)
         if self.config.save_interval > 0:
             deadlines.append(self._last_save + self.config.save_interval)
-        if self.indexes is not None and self.indexes.is_training():
+        if self.indexes is not None and (self.indexes.is_training() or self.indexes.is_compacting()):
             deadlines.append(self._last_poll + _POLL_TRAINING_S)
         return min(deadlines, default=None)
 
@@ -422,8 +422,8 @@ class IndexerService(BaseService):
             self._get_docs(body, out)
         elif command == Admin.RESERVE:
             info["reserved"] = self.indexes.get(name).vectors.reserve(int(body.rows))
-        elif command == Admin.COMPACT:  # blocks this shard while it copies the live rows
-            info["compacted"] = {index.name: index.compact() for index in self._targets(name)}
+        elif command == Admin.COMPACT:  # copied in the background: on_timer commits it (compaction.py)
+            info["compacting"] = {index.name: index.start_compact() for index in self._targets(name)}
         else:
             raise WireError(f"unknown admin command {command}")
         out.status = pb.Response.SUCCESS
