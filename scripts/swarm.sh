@@ -5,7 +5,7 @@
 #   bash scripts/swarm.sh down      remove the stack, its volumes and configs (the engine keeps running)
 #   bash scripts/swarm.sh stop      down + leave the swarm + stop the dockerd this script started
 #   bash scripts/swarm.sh prepare   engine + swarm + slim image (what the swarm tests need), no deploy
-#   bash scripts/swarm.sh build [slim|full]   base image, wheelhouse and image only
+#   bash scripts/swarm.sh build [slim|text|full]   base image, wheelhouse and image only
 #   bash scripts/swarm.sh engine    install docker.io/debootstrap if missing, start dockerd, init the swarm
 #   bash scripts/swarm.sh wait      wait for the deployed stack
 #   bash scripts/swarm.sh env       print the DOCKER_HOST line to talk to this engine: eval "$(bash scripts/swarm.sh env)"
@@ -167,13 +167,14 @@ gnes_wheel() {
   ls "$out"/gnes-*.whl
 }
 
-wheelhouse() { # $1 = slim | full
+wheelhouse() { # $1 = slim | text | full
   local variant=$1 wheel extras dest=$CACHE/wheels/$1
   wheel=$(gnes_wheel)
   case $variant in
     slim) extras="faiss,lmdb,http" ;;
+    text) extras="text,faiss,lmdb,http" ;;
     full) extras="all" ;;
-    *) die "unknown variant $variant (slim or full)" ;;
+    *) die "unknown variant $variant (slim, text or full)" ;;
   esac
   mkdir -p "$dest"
   log "wheelhouse $variant (python 3.11, manylinux x86_64)"
@@ -183,6 +184,8 @@ wheelhouse() { # $1 = slim | full
   # ("operator torchvision::nms does not exist"), so the full image takes the pair that works together on
   # x86_64, torch 2.14.1 with torchvision 0.29.1: a CUDA build (about 5.5 GB) that runs on the CPU.
   [ "$variant" = full ] && reqs+=("torch==2.14.1" "torchvision==0.29.1")
+  # text: the CPU-only torch 2.13.0 (this machine's pip finds its wheel on local disk), 192 MB instead of GBs.
+  [ "$variant" = text ] && reqs+=("torch==2.13.0+cpu")
   # Every manylinux tag that bookworm's glibc (2.36) runs: pip does not widen one --platform to older tags.
   local platforms=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
   local minor
@@ -196,18 +199,20 @@ wheelhouse() { # $1 = slim | full
   rm -f "$dest"/gnes-*.whl
 }
 
-image() { # $1 = slim | full
+image() { # $1 = slim | text | full
   local variant=${1:-slim} started=$SECONDS
   base_image
-  wheelhouse slim # full builds on the slim dependencies
-  [ "$variant" = slim ] || wheelhouse "$variant"
+  wheelhouse slim # text and full build on the slim dependencies
+  [ "$variant" = slim ] || wheelhouse text # the Dockerfile's text stages come before full's
+  [ "$variant" = full ] && wheelhouse full
   # The context holds only what this variant installs (hard links, no copies): a slim build never sends torch.
   local ctx=$CACHE/context-$variant
   rm -rf "$ctx"
   mkdir -p "$ctx/wheels"
   cp -al "$CACHE/gnes" "$ctx/gnes"
   cp -al "$CACHE/wheels/slim" "$ctx/wheels/slim"
-  [ "$variant" = slim ] || cp -al "$CACHE/wheels/full" "$ctx/wheels/full"
+  [ "$variant" = slim ] || cp -al "$CACHE/wheels/text" "$ctx/wheels/text"
+  [ "$variant" = full ] && cp -al "$CACHE/wheels/full" "$ctx/wheels/full"
   log "docker build gnes:$variant"
   docker build -q -f docker/Dockerfile --target "$variant" --build-arg "BASE=$BASE_IMAGE" -t "gnes:$variant" \
     "$ctx" >/dev/null

@@ -31,7 +31,7 @@ started=$SECONDS
 timeout 1800 bash scripts/swarm.sh prepare
 echo "test.sh | swarm engine and gnes:slim image ready in $((SECONDS - started)) s" >&2
 swarm=0
-timeout 1200 python -m pytest -q -m swarm tests/test_swarm.py || swarm=$?
+timeout 2400 python -m pytest -q -m swarm tests/test_swarm.py tests/test_swarm_text.py || swarm=$?
 [ $suite -eq 0 ] || echo "test.sh | the main suite FAILED (exit $suite)" >&2
 [ $swarm -eq 0 ] || echo "test.sh | the Docker Swarm test FAILED (exit $swarm)" >&2
 [ $suite -eq 0 ] && [ $swarm -eq 0 ]
