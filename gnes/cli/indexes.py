@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
             elif args.action == "compact":
                 shards = client.compact(args.name)
                 figures = [info for shard in shards for info in shard.values()]
-                before = sum(info["segment_rows_before"] for info in figures)
-                after = sum(info["segment_rows"] for info in figures)
+                # A shard that restarted meanwhile has no figures: its compaction was dropped.
+                before = sum(info.get("segment_rows_before", 0) for info in figures)
+                after = sum(info.get("segment_rows", 0) for info in figures)
                 took = max((info.get("seconds", 0.0) for info in figures), default=0.0)
                 blocked = max((info.get("blocked_seconds", 0.0) for info in figures), default=0.0)
                 print(

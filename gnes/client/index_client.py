@@ -237,8 +237,9 @@ class IndexClient:
     ) -> list[dict[str, dict[str, Any]]]:
         """Reclaim the segment rows of replaced and deleted vectors (every index when name is
         empty) and wait until every shard has; per shard, index -> its segment rows before and
-        after, seconds taken and seconds the shard answered nothing (the final commit). The
-        shards copy in the background and keep answering meanwhile."""
+        after, seconds taken and seconds the shard answered nothing (the final commit); empty
+        for a shard that restarted meanwhile (a compaction cut short leaves the old file, whole).
+        The shards copy in the background and keep answering meanwhile."""
         started = self._admin(Admin.COMPACT, name)
         names = sorted({index for info in started for index in info["compacting"]})
         deadline = time.monotonic() + timeout

@@ -46,16 +46,23 @@ class Compaction:
         before: int,
         old_rows: np.ndarray,
         walk: Callable[[], tuple[np.ndarray, np.ndarray]],
+        keys_of: Callable[[np.ndarray], list[bytes]],
     ) -> None:
         self.path = path
         self.before = before  # committed rows when it began: the ones the thread copies from
         self.started = time.monotonic()
         self.touched: list[np.ndarray] = []  # ids written or deleted since it began (any thread)
         self.ids = np.zeros(0, dtype=np.int64)  # the ids copied, in their new row order
+        # The same ids in id order with their new rows, and as LMDB keys and values: made here
+        # so that the owner's commit only puts them (a third of its time for 200,000 ids).
+        self.by_id = self.by_id_rows = np.zeros(0, dtype=np.int64)
+        self.keys: list[bytes] = []
+        self.values: list[bytes] = []
         self.error: BaseException | None = None
         self.fresh = SegmentFile(path, dim, dtype, 0, sync=sync)
         self._old_rows = old_rows  # the old file's first `before` rows, in its own pages
         self._walk = walk
+        self._keys_of = keys_of
         self._cancelled = False
         self._thread = threading.Thread(target=self._run, name="gnes-compaction", daemon=True)
         self._thread.start()
@@ -90,6 +97,9 @@ class Compaction:
                     return
                 self.fresh.write(self._old_rows[rows[start : start + _COPY_ROWS]], start, sync=False)
             self.fresh.flush()
+            order = np.argsort(ids, kind="stable")
+            self.by_id, self.by_id_rows = ids[order], order.astype(np.int64)
+            self.keys, self.values = self._keys_of(self.by_id), row_values(self.by_id_rows)
             self.ids = ids
         except BaseException as exc:  # raised in the owner's thread by `finish`
             self.error = exc
@@ -111,6 +121,12 @@ def copy_tail(fresh: SegmentFile, old_rows: np.ndarray, first: int) -> None:
     """The rows written while the copy ran, after the copied ones."""
     for start in range(0, len(old_rows), _COPY_ROWS):
         fresh.write(old_rows[start : start + _COPY_ROWS], first + start, sync=False)
+
+
+def row_values(rows: np.ndarray) -> list[bytes]:
+    """Values of the store's id -> row map: 8-byte little-endian row numbers."""
+    raw = rows.astype("<u8").tobytes()
+    return [raw[start : start + 8] for start in range(0, len(raw), 8)]
 
 
 def untouched(ids: np.ndarray, touched: list[Any]) -> np.ndarray:

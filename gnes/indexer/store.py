@@ -24,13 +24,14 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .checks import check_doc_ids, check_strings
-from .compaction import Compaction, copy_tail, untouched
+from .compaction import Compaction, copy_tail, row_values, untouched
 from .segment import DTYPES, SegmentFile
 
 _DOC_VERSION = b"\x01"
@@ -245,6 +246,7 @@ class IndexStore:
             before,
             self._segment.view(),
             self._segment_ids,
+            id_keys,
         )
         self._compaction = job
         return job
@@ -266,8 +268,11 @@ class IndexStore:
             if len(job.ids) == job.before:  # every row was live: the copy is dropped
                 job.discard()
                 return self._segment.committed, None, None
-            keep = untouched(job.ids, job.touched)
-            ids, rows = job.ids[keep], np.flatnonzero(keep).astype(np.int64)
+            keep = untouched(job.by_id, job.touched)
+            keys, values = job.keys, job.values
+            if not keep.all():  # ids written or deleted meanwhile are looked up again below
+                keys, values = list(compress(keys, keep)), list(compress(values, keep))
+            ids, rows = job.by_id[keep], job.by_id_rows[keep]
             touched = np.unique(np.concatenate(job.touched)) if job.touched else np.zeros(0, dtype=np.int64)
             tail = self._segment.committed - job.before
             moved, new_rows = job.new_rows(self.rows_of(touched), tail)
@@ -280,10 +285,9 @@ class IndexStore:
             name = job.path.name
 
             def work(txn: Any) -> None:
-                order = np.argsort(ids, kind="stable")  # LMDB puts in key order
-                values = rows[order].astype("<u8").tobytes()
-                locations = [values[i : i + 8] for i in range(0, len(values), 8)]
-                txn.cursor(db=self._rows).putmulti(zip(id_keys(ids[order]), locations, strict=True))
+                cursor = txn.cursor(db=self._rows)
+                cursor.putmulti(zip(keys, values, strict=True))
+                cursor.putmulti(zip(id_keys(touched[moved]), row_values(new_rows), strict=True))
                 txn.put(_COMMITTED, total.to_bytes(8, "little"), db=self._meta)
                 txn.put(_SEGMENT, name.encode(), db=self._meta)
 
@@ -689,8 +693,7 @@ def _remove_other_segments(path: Path, dtype: str, keep: str) -> None:
 
 
 def _row_values(first: int, n: int) -> list[bytes]:
-    raw = np.arange(first, first + n, dtype="<u8").tobytes()
-    return [raw[start : start + 8] for start in range(0, len(raw), 8)]
+    return row_values(np.arange(first, first + n, dtype=np.int64))
 
 
 def fsync_path(path: Path) -> None:
