@@ -110,6 +110,7 @@ def test_writes_during_a_background_compaction_all_survive(tmp_path: Path, confi
     finally:
         reference.close()
     assert _answers(index, queries) == want
+    index.store.wait_removal()  # the replaced file is removed in a thread
     assert len(list((directory / "store").glob("vectors-*.seg"))) == 1
     # Writes go on into the new file; a second compaction reclaims the tail's dead rows.
     _put(index, expected, 3 * BULK, BULK, 8, dtype)

@@ -176,6 +176,7 @@ class IndexStore:
             self._writer: threading.Thread | None = None
             self._committer: threading.Thread | None = None
             self._compaction: Compaction | None = None
+            self._removal: threading.Thread | None = None  # removes the file a compaction replaced
             if new_file and sync:
                 fsync_path(path)  # the file itself must survive a machine crash, not only its rows
             self._write(lambda txn: txn.put(_DTYPE, dtype.encode(), db=self._meta))
@@ -298,9 +299,19 @@ class IndexStore:
         job.fresh.mark_committed(total)
         old, self._segment = self._segment, job.fresh
         self._next_row = total
-        old.close()
-        old.path.unlink(missing_ok=True)
+        # Removing the old file frees its pages from the page cache: 0.28 s for 1.2 GB here, three
+        # quarters of what the commit blocked. Nothing reads it any more (searches map the new file,
+        # the copy is done), and a crash before it is gone is cleaned up at the next open.
+        self.wait_removal()
+        self._removal = threading.Thread(target=_remove_segment, args=(old,), name="gnes-remove-segment")
+        self._removal.start()
         return job.before, ids, rows
+
+    def wait_removal(self) -> None:
+        """Wait until the segment file a compaction replaced is closed and removed."""
+        if self._removal is not None:
+            self._removal.join()
+            self._removal = None
 
     def compact(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
         """`begin_compact`, wait for the copy, `finish_compact`: (rows before, moved ids, their
@@ -310,7 +321,10 @@ class IndexStore:
         if job is None:
             return before, None, None
         job.wait()
-        return self.finish_compact()
+        try:
+            return self.finish_compact()
+        finally:
+            self.wait_removal()
 
     def cancel_compact(self) -> None:
         if self._compaction is not None:
@@ -652,6 +666,8 @@ class IndexStore:
     def close(self) -> None:
         if getattr(self, "_compaction", None) is not None:
             self.cancel_compact()  # the old file stays named: nothing is lost
+        if getattr(self, "_removal", None) is not None:
+            self.wait_removal()
         writer = getattr(self, "_writer", None)
         if writer is not None:  # what was begun is committed first (nobody waits for it, though)
             self._queue.put(None)
@@ -676,6 +692,11 @@ def _rows_or_minus_one(values: list[bytes | None]) -> np.ndarray:
     if refs:
         rows[refs] = np.frombuffer(b"".join(values[i] for i in refs), dtype="<u8").astype(np.int64)  # type: ignore[misc]
     return rows
+
+
+def _remove_segment(segment: SegmentFile) -> None:
+    segment.close()
+    segment.path.unlink(missing_ok=True)
 
 
 def _segment_generation(name: str) -> int:
