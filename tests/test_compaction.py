@@ -5,11 +5,6 @@ admin command."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +16,7 @@ from gnes.client import IndexClient
 from gnes.cluster.local_shards import LocalShards
 from gnes.indexer.config import IndexConfig
 from gnes.indexer.logical import SNAPSHOT_FILE, LogicalIndex
+from tests.compaction_kill import kill_9_while_compacting
 
 DIM = 64
 BULK = 9000  # 9000 x 64 float16 = 1.1 MiB: a write that goes to the segment file, float16 or float32
@@ -138,53 +134,8 @@ def test_a_compaction_cut_short_leaves_the_store_as_it_was_or_as_it_became(tmp_p
         reopened.close()
 
 
-_CHILD = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    import numpy as np
-    from gnes.indexer.config import IndexConfig
-    from gnes.indexer.logical import LogicalIndex
-
-    directory, dim, bulk = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    index = LogicalIndex.create("idx", IndexConfig(dim=dim, metric="l2", index_type="flat"), directory)
-    ids = np.arange(bulk)
-    for version in range(1, 10**6):
-        index.add(ids, np.full((bulk, dim), version, dtype=np.float32))  # every write replaces all
-        print(version, flush=True)  # acknowledged: durable
-        index.compact()
-    """
-)
-
-
 def test_kill_9_during_compactions_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    for attempt, delay in enumerate((0.6, 1.1, 1.7)):
-        directory = tmp_path / f"idx{attempt}"
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(directory), str(DIM), str(BULK)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert child.stdout is not None
-        acknowledged = int(child.stdout.readline())  # the first write is in
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        rest = child.stdout.read()
-        child.wait(30)
-        acknowledged = max([acknowledged, *map(int, rest.split())])
-        index = LogicalIndex.open("idx", directory)
-        try:
-            stored, found = index.store.get_vectors(np.arange(BULK))
-            assert found.all()
-            version = stored[0, 0]
-            # One version for every id: the last acknowledged, or the one in flight at the kill.
-            assert version in (acknowledged, acknowledged + 1), (version, acknowledged)
-            assert (stored == version).all()
-            assert len(_segment_files(directory)) == 1
-            hits = index.search(np.full((1, DIM), version, dtype=np.float32), 3)
-            assert len(hits[0]) == 3 and hits[0][0].score == 0.0
-        finally:
-            index.close()
+    kill_9_while_compacting(tmp_path, "index.compact()", DIM, BULK)
 
 
 @pytest.mark.e2e

@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
                 # A shard that restarted meanwhile has no figures: its compaction was dropped.
                 before = sum(info.get("segment_rows_before", 0) for info in figures)
                 after = sum(info.get("segment_rows", 0) for info in figures)
+                dropped = sum(1 for info in figures if not info)
+                if dropped:
+                    print(f"{dropped} shard(s) restarted during the compaction: theirs was dropped, files unchanged")
                 took = max((info.get("seconds", 0.0) for info in figures), default=0.0)
                 blocked = max((info.get("blocked_seconds", 0.0) for info in figures), default=0.0)
                 print(

@@ -245,8 +245,16 @@ class IndexClient:
         deadline = time.monotonic() + timeout
         while True:
             shards = [info["indexes"] for info in self._admin(Admin.STATS, name)]
+            missing = sorted({index for shard in shards for index in names if index not in shard})
+            if missing:
+                raise IndexClientError(f"index {', '.join(missing)} is gone from a shard during its compaction")
             if not any(shard[index]["compacting"] for shard in shards for index in names):
-                return [{index: shard[index]["last_compaction"] or {} for index in names} for shard in shards]
+                figures = [{index: shard[index]["last_compaction"] or {} for index in names} for shard in shards]
+                failed = [(index, info) for shard in figures for index, info in shard.items() if "error" in info]
+                errors = [f"{index}: {info['error']}" for index, info in failed]
+                if errors:  # the old segment file is kept whole where a compaction failed
+                    raise IndexClientError(f"the compaction failed on a shard: {'; '.join(errors)}")
+                return figures
             if time.monotonic() > deadline:
                 raise IndexClientError(f"the compaction of {names} did not end within {timeout:.0f} s")
             time.sleep(interval)

@@ -433,14 +433,26 @@ class LogicalIndex:
             self.last_compaction = {"segment_rows_before": rows, "segment_rows": rows}
         return True
 
-    def _finish_compact(self) -> None:
+    def _finish_compact(self, raise_error: bool = True) -> None:
+        """Commit a compaction whose copy is done. A failure (no room on disk for the new file,
+        say) happens before the commit, so the old file stays named and whole: `compact` raises
+        it; in the background (`poll`, a shard's loop) it is logged and kept in `last_compaction`,
+        and the shard goes on serving."""
         compaction = self.store.compaction
         assert compaction is not None
         started = compaction.started
         blocked = time.monotonic()
-        before, ids, rows = self.store.finish_compact()
-        if ids is not None and rows is not None:
-            self.vectors.renumber_stored(ids, rows)
+        rows = self.store.segment_rows
+        try:
+            before, ids, new_rows = self.store.finish_compact()
+        except Exception as exc:
+            self.last_compaction = {"segment_rows_before": rows, "segment_rows": rows, "error": str(exc)}
+            if raise_error:
+                raise
+            log.error("index %s: the compaction failed, the segment file is unchanged: %s", self.name, exc)
+            return
+        if ids is not None and new_rows is not None:
+            self.vectors.renumber_stored(ids, new_rows)
         now = time.monotonic()
         self.last_compaction = {
             "segment_rows_before": before,
@@ -465,7 +477,7 @@ class LogicalIndex:
         self.chunks.poll()
         compaction = self.store.compaction
         if compaction is not None and compaction.done:
-            self._finish_compact()
+            self._finish_compact(raise_error=False)
         if self.vectors.poll():
             self.save()
 

@@ -331,9 +331,26 @@ class IndexStore:
             job, self._compaction = self._compaction, None
             job.cancel()
 
-    def _segment_ids(self) -> tuple[np.ndarray, np.ndarray]:
-        """The ids whose vectors are segment rows, and those rows, in row order."""
-        parts = [(ids[rows >= 0], rows[rows >= 0]) for ids, rows in self.iter_rows()]
+    def _segment_ids(self, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """The ids whose vectors are segment rows, and those rows, in row order. Read by a
+        compaction's thread in one short transaction per `batch` ids, not one for the whole walk:
+        a reader held open keeps LMDB from reusing freed pages, and growing the map (`_write`)
+        must find no transaction open. An id that moves between two batches was written or
+        deleted since the compaction began, and the compaction looks those up again."""
+        parts = []
+        start = b""
+        while True:
+            with self._env.begin(buffers=False) as txn:
+                cursor = txn.cursor(db=self._rows)
+                if not (cursor.set_range(start) if start else cursor.first()):
+                    break
+                items = [item for _, item in zip(range(batch), cursor, strict=False)]
+            ids = np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
+            rows = _rows_or_minus_one([value for _, value in items])
+            parts.append((ids[rows >= 0], rows[rows >= 0]))
+            if len(items) < batch:
+                break
+            start = (int(ids[-1]) + 1).to_bytes(8, "big")
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
         rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
