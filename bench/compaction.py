@@ -11,7 +11,10 @@ the compaction, and how many queries were answered during it. Before the copy mo
 the shard answered nothing for the whole compaction: every query sent meanwhile waited for it,
 so the max latency during the compaction is the figure to compare with its duration.
 
-    python bench/compaction.py [--rows 200000] [--dim 768] [--json]
+`--load_during N` also loads N new vectors from a second client while the compaction runs: rows
+written during the copy, which the compaction must carry into the new file.
+
+    python bench/compaction.py [--rows 200000] [--dim 768] [--load_during 0] [--json]
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from gnes.cluster.local_shards import LocalShards
 TOP_K, LOAD_BATCH = 10, 20_000
 
 
-def load(client: IndexClient, rows: int, dim: int, seed: int) -> float:
+def load(client: IndexClient, rows: int, dim: int, seed: int, first: int = 0) -> float:
     rng = np.random.default_rng(seed)
-    spans = [(i, min(i + LOAD_BATCH, rows)) for i in range(0, rows, LOAD_BATCH)]
+    spans = [(i, min(i + LOAD_BATCH, first + rows)) for i in range(first, first + rows, LOAD_BATCH)]
     batches = ((rng.standard_normal((b - a, dim)).astype(np.float32), np.arange(a, b)) for a, b in spans)
     started = time.perf_counter()
     assert sum(client.add_stream("v", batches)) == rows
@@ -56,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--load_during", type=int, default=0, help="new vectors loaded during the compaction")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     args = parser.parse_args()
     queries = np.random.default_rng(9).standard_normal((1, args.dim)).astype(np.float32)
@@ -76,9 +80,21 @@ def main() -> None:
             asker = threading.Thread(target=ask, daemon=True)
             asker.start()
             time.sleep(2.0)
+            loader = None
+            if args.load_during:
+
+                def load_more() -> None:
+                    with IndexClient(addresses=shards.addresses) as writer:
+                        load(writer, args.load_during, args.dim, 3, first=args.rows)
+
+                loader = threading.Thread(target=load_more, daemon=True)
             began = time.monotonic()
+            if loader is not None:
+                loader.start()
             (figures,) = client.compact("v")
             ended = time.monotonic()
+            if loader is not None:
+                loader.join(600)
             time.sleep(1.0)
             stop.set()
             asker.join(60)
@@ -88,6 +104,7 @@ def main() -> None:
     result = {
         "rows": args.rows,
         "dim": args.dim,
+        "load_during": args.load_during,
         "load_rows_per_s": [round(args.rows / s) for s in load_s],
         "segment_rows_before": compaction["segment_rows_before"],
         "segment_rows": compaction["segment_rows"],

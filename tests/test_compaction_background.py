@@ -100,8 +100,11 @@ def test_writes_during_a_background_compaction_all_survive(
     _put(index, expected, 2 * BULK, BULK, 7, dtype)
     _delete(index, expected, np.arange(2 * BULK, 2 * BULK + 100))
     rows_meanwhile = index.store.segment_rows
-    compaction.wait(60)
-    index.poll()  # the owner commits it between writes
+    for _ in range(10):  # the owner commits it between writes, after the thread copied the tail
+        compaction.wait(60)
+        index.poll()
+        if not index.state()["compacting"]:
+            break
     assert not index.state()["compacting"]
     figures = index.last_compaction
     assert figures is not None and figures["segment_rows_before"] == 3 * BULK
@@ -130,6 +133,52 @@ def test_writes_during_a_background_compaction_all_survive(
     try:
         _check(reopened, expected)
         assert _answers(reopened, queries) == after
+    finally:
+        reopened.close()
+
+
+def test_rows_written_during_the_copy_are_copied_in_the_thread_before_the_commit(tmp_path: Path) -> None:
+    """What comes in while the live rows are copied (a bulk load, say) is copied by the thread
+    too, pass after pass, so that the commit, which blocks the owner, copies only the last rows."""
+    config = IndexConfig(dim=DIM, metric="l2", index_type="flat")
+    directory = tmp_path / "idx"
+    index = LogicalIndex.create("idx", config, directory)
+    expected: dict[int, np.ndarray] = {}
+    _put(index, expected, 0, BULK, 1, np.float32)
+    _put(index, expected, 0, BULK, 2, np.float32)  # BULK dead rows
+    index.store.catch_up_rows = 1000
+    assert index.start_compact()
+    compaction = index.store.compaction
+    assert compaction is not None
+    compaction.wait(60)
+    _put(index, expected, BULK, BULK, 3, np.float32)  # written after the copy: the tail
+    _put(index, expected, 0, BULK, 4, np.float32)  # and a replacement of copied ids
+    index.poll()  # the thread copies the tail instead of the commit
+    assert index.state()["compacting"] and compaction.catch_ups == 1
+    compaction.wait(60)
+    assert compaction.copied_to == 4 * BULK
+    _put(index, expected, 2 * BULK, BULK, 5, np.float32)
+    index.poll()  # a second pass for what came in during the first
+    assert compaction.catch_ups == 2
+    compaction.wait(60)
+    _put(index, expected, 3 * BULK, 10, 6, np.float32)  # 10 rows, kept in LMDB: nothing to catch up
+    index.poll()  # the commit
+    assert not index.state()["compacting"]
+    assert index.last_compaction is not None
+    assert index.last_compaction["segment_rows"] == BULK + 3 * BULK  # the live rows, then the tail
+    _check(index, expected)
+    queries = _vectors(5, 9)
+    reference = _reference(config, expected, tmp_path)
+    try:
+        want = _answers(reference, queries)
+    finally:
+        reference.close()
+    assert _answers(index, queries) == want
+    index.close()
+    reopened = LogicalIndex.open("idx", directory)
+    try:
+        _check(reopened, expected)
+        assert _answers(reopened, queries) == want
     finally:
         reopened.close()
 

@@ -59,6 +59,10 @@ class Compaction:
         self.keys: list[bytes] = []
         self.values: list[bytes] = []
         self.error: BaseException | None = None
+        # Old rows before this one are in the new file: `before` once the copy is done, further
+        # after each catch-up with the rows written meanwhile (`catch_up`).
+        self.copied_to = before
+        self.catch_ups = 0
         self.fresh = SegmentFile(path, dim, dtype, 0, sync=sync)
         self._old_rows = old_rows  # the old file's first `before` rows, in its own pages
         self._walk = walk
@@ -70,6 +74,24 @@ class Compaction:
     @property
     def done(self) -> bool:
         return not self._thread.is_alive()
+
+    def catch_up(self, old_rows: np.ndarray) -> None:
+        """Copy, in a thread again, the rows written since the last copy (`old_rows`: the old
+        file's committed rows, as the owner sees them now), so that the final commit, which
+        blocks the owner, copies only what comes in after this. Once the copy is `done`."""
+        if not self.done or self.error is not None:
+            raise RuntimeError("a compaction catches up only after a copy that succeeded")
+        self.catch_ups += 1
+        self._thread = threading.Thread(target=self._catch_up, args=(old_rows,), name="gnes-compaction", daemon=True)
+        self._thread.start()
+
+    def _catch_up(self, old_rows: np.ndarray) -> None:
+        try:
+            first, end = self.copied_to, len(old_rows)
+            copy_tail(self.fresh, old_rows[first:end], len(self.ids) + first - self.before)
+            self.copied_to = end
+        except BaseException as exc:  # raised in the owner's thread by `finish`
+            self.error = exc
 
     def wait(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

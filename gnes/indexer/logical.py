@@ -476,7 +476,7 @@ class LogicalIndex:
         so that a restart does not train again."""
         self.chunks.poll()
         compaction = self.store.compaction
-        if compaction is not None and compaction.done:
+        if compaction is not None and compaction.done and not self.store.catch_up_compaction():
             self._finish_compact(raise_error=False)
         if self.vectors.poll():
             self.save()

@@ -38,6 +38,7 @@ _DOC_VERSION = b"\x01"
 _HEADER = 5
 _OP_PUT, _OP_DELETE = b"P", b"D"
 _MAX_MAP_BYTES = 1 << 40
+_CATCH_UP_ROWS, _CATCH_UPS = 16384, 8  # see IndexStore.catch_up_compaction
 _COMMIT_GROUP = 16  # begun writes committed together at most (one fdatasync, one transaction)
 # The default LMDB map is 64 GiB of address space (the file grows only as pages are used):
 # growing the map needs no transaction open in the process, and writes commit in the writer
@@ -177,6 +178,9 @@ class IndexStore:
             self._committer: threading.Thread | None = None
             self._compaction: Compaction | None = None
             self._removal: threading.Thread | None = None  # removes the file a compaction replaced
+            # Rows written during a compaction's copy, from which it copies them in its thread
+            # again before the commit (which blocks the owner) rather than in the commit.
+            self.catch_up_rows = _CATCH_UP_ROWS
             if new_file and sync:
                 fsync_path(path)  # the file itself must survive a machine crash, not only its rows
             self._write(lambda txn: txn.put(_DTYPE, dtype.encode(), db=self._meta))
@@ -277,7 +281,8 @@ class IndexStore:
             touched = np.unique(np.concatenate(job.touched)) if job.touched else np.zeros(0, dtype=np.int64)
             tail = self._segment.committed - job.before
             moved, new_rows = job.new_rows(self.rows_of(touched), tail)
-            copy_tail(job.fresh, self._segment.view()[job.before :], len(job.ids))
+            # What was written since the last copy in the thread (all of the tail, if none caught up).
+            copy_tail(job.fresh, self._segment.view()[job.copied_to :], len(job.ids) + job.copied_to - job.before)
             job.fresh.flush()
             if self._sync:
                 fsync_path(self._path)  # the new file's name survives a machine crash
@@ -312,6 +317,18 @@ class IndexStore:
         if self._removal is not None:
             self._removal.join()
             self._removal = None
+
+    def catch_up_compaction(self) -> bool:
+        """Where a compaction's copy is done but `catch_up_rows` or more rows were written since
+        it last copied, copy those in its thread too (at most `_CATCH_UPS` times: a write rate
+        above the copy's would never let it end) and return True; the owner then waits again."""
+        job = self._compaction
+        if job is None or not job.done or job.error is not None or len(job.ids) == job.before:
+            return False
+        if self._segment.committed - job.copied_to < self.catch_up_rows or job.catch_ups >= _CATCH_UPS:
+            return False
+        job.catch_up(self._segment.view())
+        return True
 
     def compact(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
         """`begin_compact`, wait for the copy, `finish_compact`: (rows before, moved ids, their
