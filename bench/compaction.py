@@ -100,7 +100,7 @@ def main() -> None:
             asker.join(60)
     compaction = figures["v"]
     before = [lat for sent, lat in samples if sent + lat < began]
-    during = [lat for sent, lat in samples if began <= sent < ended or (sent < ended and sent + lat > began)]
+    during = [lat for sent, lat in samples if sent < ended and sent + lat > began]  # overlapping it
     result = {
         "rows": args.rows,
         "dim": args.dim,

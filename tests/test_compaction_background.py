@@ -53,12 +53,26 @@ def _check(index: LogicalIndex, expected: dict[int, np.ndarray]) -> None:
     assert index.count() == len(expected)
 
 
-def _reference(config: IndexConfig, expected: dict[int, np.ndarray], tmp_path: Path) -> LogicalIndex:
-    """The same documents written once into a fresh index: what every search must answer."""
+def _reference_answers(
+    config: IndexConfig, expected: dict[int, np.ndarray], tmp_path: Path, queries: np.ndarray
+) -> list[list[tuple[int, float]]]:
+    """What every search must answer: the same documents written once into a fresh index."""
     fresh = LogicalIndex.create("ref", config, tmp_path / "ref")
-    ids = np.array(sorted(expected))
-    fresh.add(ids, np.stack([expected[i] for i in ids.tolist()]))
-    return fresh
+    try:
+        ids = np.array(sorted(expected))
+        fresh.add(ids, np.stack([expected[i] for i in ids.tolist()]))
+        return _answers(fresh, queries)
+    finally:
+        fresh.close()
+
+
+def _check_reopened(directory: Path, expected: dict[int, np.ndarray], queries: np.ndarray, want: list) -> None:
+    reopened = LogicalIndex.open("idx", directory)
+    try:
+        _check(reopened, expected)
+        assert _answers(reopened, queries) == want
+    finally:
+        reopened.close()
 
 
 @pytest.mark.parametrize(
@@ -115,11 +129,7 @@ def test_writes_during_a_background_compaction_all_survive(
         assert BULK + tail <= figures["segment_rows"] <= 2 * BULK + tail
     assert figures["blocked_seconds"] <= figures["seconds"]
     _check(index, expected)
-    reference = _reference(config, expected, tmp_path)
-    try:
-        want = _answers(reference, queries)
-    finally:
-        reference.close()
+    want = _reference_answers(config, expected, tmp_path, queries)
     assert _answers(index, queries) == want
     index.store.wait_removal()  # the replaced file is removed in a thread
     assert len(list((directory / "store").glob("vectors-*.seg"))) == 1
@@ -129,12 +139,7 @@ def test_writes_during_a_background_compaction_all_survive(
     _check(index, expected)
     after = _answers(index, queries)
     index.close()
-    reopened = LogicalIndex.open("idx", directory)
-    try:
-        _check(reopened, expected)
-        assert _answers(reopened, queries) == after
-    finally:
-        reopened.close()
+    _check_reopened(directory, expected, queries, after)
 
 
 def test_rows_written_during_the_copy_are_copied_in_the_thread_before_the_commit(tmp_path: Path) -> None:
@@ -168,19 +173,10 @@ def test_rows_written_during_the_copy_are_copied_in_the_thread_before_the_commit
     assert index.last_compaction["segment_rows"] == BULK + 3 * BULK  # the live rows, then the tail
     _check(index, expected)
     queries = _vectors(5, 9)
-    reference = _reference(config, expected, tmp_path)
-    try:
-        want = _answers(reference, queries)
-    finally:
-        reference.close()
+    want = _reference_answers(config, expected, tmp_path, queries)
     assert _answers(index, queries) == want
     index.close()
-    reopened = LogicalIndex.open("idx", directory)
-    try:
-        _check(reopened, expected)
-        assert _answers(reopened, queries) == want
-    finally:
-        reopened.close()
+    _check_reopened(directory, expected, queries, want)
 
 
 def test_a_compaction_under_way_at_close_leaves_the_old_file(tmp_path: Path) -> None:

@@ -420,6 +420,7 @@ class LogicalIndex:
         if compaction is not None:
             compaction.wait()
             self._finish_compact()
+            self.store.wait_removal()  # the replaced file is gone when this returns
         figures = self.last_compaction or {}
         return {key: figures[key] for key in ("segment_rows_before", "segment_rows")}
 

@@ -330,44 +330,16 @@ class IndexStore:
         job.catch_up(self._segment.view())
         return True
 
-    def compact(self) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-        """`begin_compact`, wait for the copy, `finish_compact`: (rows before, moved ids, their
-        new rows), or (rows, None, None) when no row was dead."""
-        before = self._segment.committed
-        job = self.begin_compact()
-        if job is None:
-            return before, None, None
-        job.wait()
-        try:
-            return self.finish_compact()
-        finally:
-            self.wait_removal()
-
     def cancel_compact(self) -> None:
         if self._compaction is not None:
             job, self._compaction = self._compaction, None
             job.cancel()
 
-    def _segment_ids(self, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    def _segment_ids(self) -> tuple[np.ndarray, np.ndarray]:
         """The ids whose vectors are segment rows, and those rows, in row order. Read by a
-        compaction's thread in one short transaction per `batch` ids, not one for the whole walk:
-        a reader held open keeps LMDB from reusing freed pages, and growing the map (`_write`)
-        must find no transaction open. An id that moves between two batches was written or
-        deleted since the compaction began, and the compaction looks those up again."""
-        parts = []
-        start = b""
-        while True:
-            with self._env.begin(buffers=False) as txn:
-                cursor = txn.cursor(db=self._rows)
-                if not (cursor.set_range(start) if start else cursor.first()):
-                    break
-                items = [item for _, item in zip(range(batch), cursor, strict=False)]
-            ids = np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
-            rows = _rows_or_minus_one([value for _, value in items])
-            parts.append((ids[rows >= 0], rows[rows >= 0]))
-            if len(items) < batch:
-                break
-            start = (int(ids[-1]) + 1).to_bytes(8, "big")
+        compaction's thread in short transactions (`_walk_short`): an id that moves between two
+        of them was written or deleted since the compaction began, and it looks those up again."""
+        parts = [(ids[rows >= 0], rows[rows >= 0]) for ids, rows in self._walk_short(65536, _rows_or_minus_one)]
         ids = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
         rows = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
@@ -634,8 +606,26 @@ class IndexStore:
                 items = [item for _, item in zip(range(batch), walk, strict=False)]
                 if not items:
                     return
-                ids = np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
-                yield ids, read([value for _, value in items])
+                yield _key_ids(items), read([value for _, value in items])
+
+    def _walk_short(
+        self, batch: int, read: Callable[[list[bytes]], np.ndarray]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`_walk` in one read transaction per batch: a reader held open keeps LMDB from
+        reusing freed pages, and growing the map (`_write`) must find none open. Each batch
+        goes on from the id after the last one's."""
+        start = b""
+        while True:
+            with self._env.begin(buffers=False) as txn:
+                cursor = txn.cursor(db=self._rows)
+                if not (cursor.set_range(start) if start else cursor.first()):
+                    return
+                items = [item for _, item in zip(range(batch), cursor, strict=False)]
+            ids = _key_ids(items)
+            yield ids, read([value for _, value in items])
+            if len(items) < batch:
+                return
+            start = (int(ids[-1]) + 1).to_bytes(8, "big")
 
     def ids(self) -> np.ndarray:
         """Every stored id, in id order (keys only: no vector is read)."""
@@ -717,6 +707,11 @@ class IndexStore:
         if self._temp_dir is not None:
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+
+
+def _key_ids(items: list[tuple[bytes, bytes]]) -> np.ndarray:
+    """The doc ids of (key, value) items of an id-keyed database (8-byte big-endian keys)."""
+    return np.frombuffer(b"".join(key for key, _ in items), dtype=">u8").astype(np.int64)
 
 
 def _rows_or_minus_one(values: list[bytes | None]) -> np.ndarray:
